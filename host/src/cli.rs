@@ -1,0 +1,348 @@
+//! The command line: one subcommand per job, the config keys' help generated from their
+//! declarations, and every error printed as one line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use lmhost_kit::config::{FieldSpec, Knobs};
+
+use crate::config::{Override, Request, RunConfig, PRESETS};
+use crate::orchestrate::{self, RunPlan};
+use crate::plugin::{PluginDescription, PluginSource};
+use crate::workspace;
+
+#[derive(Parser)]
+#[command(
+    name = "lmhost",
+    version,
+    about = "Train language-model experiment plugins against a built-in baseline GPT: same data, seed and budget, Arrow stats, fair comparisons."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an experiment and the built-in baseline on the same data, seed and token budget.
+    Run(RunArgs),
+    /// Build every plugin and run the value-norm experiment against the baseline (tiny preset, embedded corpus).
+    Demo {
+        /// key=value overrides, as for `run` (e.g. steps=50).
+        overrides: Vec<String>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the plugins under plugins/ and the built-in baseline.
+    List,
+    /// What a plugin does: its description, variants and every config key.
+    Describe {
+        /// `baseline`, a plugin library, a plugin crate folder, or a plugin name.
+        plugin: String,
+    },
+    /// Measure training throughput (tokens/s) and peak memory.
+    Bench(crate::bench::BenchArgs),
+    /// Train one arm in this process (started by `run`).
+    #[command(hide = true)]
+    Worker { run_dir: PathBuf },
+    /// Load a plugin and resolve a request in this process (started by `run`).
+    #[command(hide = true)]
+    Probe { source: String, request: String },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// `baseline`, a plugin library (plugins/NAME.so), a plugin crate folder (built first), or a plugin name.
+    plugin: String,
+    /// key=value overrides of any config key listed below or by `lmhost describe PLUGIN`; variant=NAME picks a variant.
+    overrides: Vec<String>,
+    /// Train only the experiment, no baseline arm.
+    #[arg(long)]
+    no_baseline: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(clap::Args)]
+pub struct CommonArgs {
+    /// Starting point for every knob: tiny, small or gpt2ish.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// cpu or cuda:N (the same as device=…).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Where tokenizers and token caches go [default: $XDG_CACHE_HOME/lmhost or ~/.cache/lmhost].
+    #[arg(long, env = "LMHOST_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Train the baseline again even when a finished run with the same config exists.
+    #[arg(long)]
+    pub retrain_baseline: bool,
+}
+
+impl CommonArgs {
+    /// The request made of these flags and `key=value` arguments (`variant=` picked out).
+    pub fn request(&self, overrides: &[String]) -> Result<Request> {
+        let mut request = Request {
+            preset: self.preset.clone(),
+            variant: None,
+            overrides: Vec::new(),
+        };
+        crate::config::preset(&self.preset)?;
+        for raw in overrides {
+            let o: Override = raw.parse()?;
+            if o.key == "variant" {
+                request.variant = Some(o.value);
+            } else {
+                request.overrides.push(o);
+            }
+        }
+        if let Some(device) = &self.device {
+            request.overrides.push(Override {
+                key: "device".into(),
+                value: device.clone(),
+            });
+        }
+        Ok(request)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+}
+
+pub(crate) fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("lmhost");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache").join("lmhost"),
+        None => PathBuf::from(".lmhost-cache"),
+    }
+}
+
+/// The help text listing every host and baseline knob, generated from their declarations.
+fn config_help() -> String {
+    let mut out = String::from("Config keys (key=value), host then baseline model:\n");
+    let mut fields = RunConfig::fields();
+    fields.extend(PluginDescription::builtin().fields);
+    for f in &fields {
+        out.push_str(&field_line(f));
+    }
+    out.push_str("\nPresets:\n");
+    for p in PRESETS {
+        out.push_str(&format!("  {:<10} {}\n", p.name, p.about));
+    }
+    out
+}
+
+fn field_line(f: &FieldSpec) -> String {
+    let choices = if f.choices.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", f.choices.join("|"))
+    };
+    format!(
+        "  {:<18} {:<8} {:<10} {}{choices}\n",
+        f.name,
+        f.kind,
+        f.default.to_string(),
+        f.help
+    )
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LMHOST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .without_time()
+        .with_target(false)
+        .init();
+
+    let command = Cli::command().mut_subcommand("run", |c| c.after_long_help(config_help()));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match dispatch(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn dispatch(command: Command) -> Result<bool> {
+    match command {
+        Command::Run(args) => {
+            let source = workspace::resolve_plugin_arg(&args.plugin)?;
+            orchestrate::run(&RunPlan {
+                request: args.common.request(&args.overrides)?,
+                source,
+                runs_dir: args.common.runs_dir.clone(),
+                cache_dir: args.common.cache_dir(),
+                retrain_baseline: args.common.retrain_baseline,
+                no_baseline: args.no_baseline,
+            })
+        }
+        Command::Demo { overrides, common } => {
+            let folder = demo_plugin_folder()?;
+            let source = workspace::build_crate_folder(&folder)?;
+            orchestrate::run(&RunPlan {
+                request: common.request(&overrides)?,
+                source,
+                runs_dir: common.runs_dir.clone(),
+                cache_dir: common.cache_dir(),
+                retrain_baseline: common.retrain_baseline,
+                no_baseline: false,
+            })
+        }
+        Command::List => list(),
+        Command::Describe { plugin } => describe(&plugin),
+        Command::Bench(args) => crate::bench::bench(&args),
+        Command::Worker { run_dir } => {
+            crate::train::run_worker(&run_dir)?;
+            Ok(true)
+        }
+        Command::Probe { source, request } => {
+            let source: PluginSource =
+                serde_json::from_str(&source).context("probe: bad source")?;
+            let request: Request = serde_json::from_str(&request).context("probe: bad request")?;
+            println!(
+                "{}",
+                serde_json::to_string(&orchestrate::probe_here(&source, &request))?
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// `plugins/value_norm` of this checkout: from the current folder, else beside the binary
+/// (`target/release/lmhost` → the workspace two levels up).
+fn demo_plugin_folder() -> Result<PathBuf> {
+    let here = Path::new("plugins/value_norm");
+    if here.join("Cargo.toml").is_file() {
+        return Ok(here.to_owned());
+    }
+    let exe = std::env::current_exe()?;
+    if let Some(root) = exe.ancestors().nth(3) {
+        let folder = root.join("plugins/value_norm");
+        if folder.join("Cargo.toml").is_file() {
+            return Ok(folder);
+        }
+    }
+    bail!("the demo runs from an lmhost checkout: cd into it (plugins/value_norm must exist)")
+}
+
+fn list() -> Result<bool> {
+    let baseline = PluginDescription::builtin();
+    println!(
+        "{:<22} {:<8} {:<34} summary",
+        "plugin", "version", "variants"
+    );
+    println!(
+        "{:<22} {:<8} {:<34} {}",
+        "baseline (built-in)", baseline.version, "-", baseline.summary
+    );
+    for (name, path) in workspace::discover(Path::new("plugins")) {
+        match path {
+            None => println!(
+                "{name:<22} {:<8} {:<34} not built: cargo build --release --workspace",
+                "-", "-"
+            ),
+            Some(path) => match orchestrate::probe(
+                &PluginSource::Library { path: path.clone() },
+                &Request {
+                    preset: "tiny".into(),
+                    ..Request::default()
+                },
+            ) {
+                Ok(probed) => {
+                    let d = probed.description;
+                    let variants: Vec<&str> = d.variants.iter().map(|v| v.name.as_str()).collect();
+                    println!(
+                        "{:<22} {:<8} {:<34} {}",
+                        path.display(),
+                        d.version,
+                        variants.join(","),
+                        d.summary
+                    );
+                }
+                Err(e) => println!(
+                    "{:<22} {:<8} {:<34} cannot load: {}",
+                    path.display(),
+                    "-",
+                    "-",
+                    one_line(&format!("{e:#}"))
+                ),
+            },
+        }
+    }
+    Ok(true)
+}
+
+fn describe(arg: &str) -> Result<bool> {
+    let source = workspace::resolve_plugin_arg(arg)?;
+    let d = match &source {
+        PluginSource::Builtin => PluginDescription::builtin(),
+        other => {
+            orchestrate::probe(
+                other,
+                &Request {
+                    preset: "tiny".into(),
+                    ..Request::default()
+                },
+            )?
+            .description
+        }
+    };
+    println!(
+        "{} {} (plugin-api {}){}",
+        d.name,
+        d.version,
+        d.api_version,
+        if d.sacrificial { ", sacrificial" } else { "" }
+    );
+    println!("{}\n", d.summary);
+    println!("{}\n", d.description);
+    if !d.variants.is_empty() {
+        println!("Variants (variant=NAME; the first is the default):");
+        for v in &d.variants {
+            println!(
+                "  {:<16} {}  {}",
+                v.name,
+                v.summary,
+                serde_json::Value::Object(v.overrides.clone())
+            );
+        }
+        println!();
+    }
+    println!("Model config keys:");
+    for f in &d.fields {
+        print!("{}", field_line(f));
+    }
+    println!("\nRun config keys (the host's, the same for every plugin):");
+    for f in &RunConfig::fields() {
+        print!("{}", field_line(f));
+    }
+    Ok(true)
+}

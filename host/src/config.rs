@@ -1,0 +1,387 @@
+//! The host's knobs, presets, and the resolution of one arm's config: defaults < preset <
+//! variant < `key=value` overrides, each knob declared once (here for the host, in the plugin
+//! for the model) and checked before anything runs.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use lmhost_kit::config::{closest, FieldSpec, Knobs};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::plugin::PluginDescription;
+
+lmhost_kit::knob_enum! {
+    /// How the learning rate moves after warmup.
+    pub enum Schedule {
+        Constant = "constant",
+        Cosine = "cosine",
+        Linear = "linear",
+    }
+}
+
+lmhost_kit::knob_enum! {
+    /// What warmup is counted in.
+    pub enum WarmupUnit {
+        Steps = "steps",
+        Tokens = "tokens",
+    }
+}
+
+lmhost_kit::knobs! {
+    /// What the host owns: data, budget, schedule, cadence, device. The model's knobs live in
+    /// the plugin.
+    pub struct RunConfig {
+        /// Optimiser steps; the token budget is steps × batch_size × context_length.
+        pub steps: u64 = 400,
+        /// Sequences per optimiser step.
+        pub batch_size: usize = 8,
+        /// Sequences per forward/backward; batch_size must divide by it (gradient accumulation).
+        pub micro_batch_size: usize = 8,
+        /// Tokens per training sequence (T).
+        pub context_length: usize = 128,
+        /// Peak learning rate.
+        pub lr: f64 = 1e-3,
+        /// constant, cosine or linear decay after warmup, down to min_lr_ratio × lr.
+        pub schedule: Schedule = Schedule::Cosine,
+        /// Warmup length, counted in warmup_unit.
+        pub warmup: u64 = 20,
+        /// steps or tokens (warmup and decay are then counted in tokens seen).
+        pub warmup_unit: WarmupUnit = WarmupUnit::Steps,
+        /// Learning rate at the end of the decay, as a fraction of lr.
+        pub min_lr_ratio: f64 = 0.1,
+        /// Evaluate every N steps (and before the first and after the last).
+        pub eval_every: u64 = 50,
+        /// Validation windows of context_length tokens; the same windows for every run.
+        pub eval_windows: usize = 64,
+        /// Write a checkpoint every N steps; 0 writes only the final one.
+        pub checkpoint_every: u64 = 0,
+        /// Print progress and flush stats every N steps.
+        pub log_every: u64 = 10,
+        /// Seeds initialisation and data order; the same for both arms.
+        pub seed: u64 = 1,
+        /// cpu or cuda:N.
+        pub device: String = "cpu".to_owned(),
+        /// f32 or bf16.
+        pub dtype: String = "f32".to_owned(),
+        /// Corpus to train on (shakespeare is embedded).
+        pub dataset: String = "shakespeare".to_owned(),
+        /// Requested BPE vocabulary size, special tokens included.
+        pub vocab_size: usize = 4096,
+        /// Fraction of the corpus held out for validation, by whole documents.
+        pub val_fraction: f64 = 0.1,
+        /// Fixes which documents are held out.
+        pub split_seed: u64 = 0,
+    }
+}
+
+impl RunConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0
+            || self.batch_size == 0
+            || self.micro_batch_size == 0
+            || self.context_length < 2
+        {
+            bail!("steps, batch_size and micro_batch_size must be positive and context_length at least 2");
+        }
+        if !self.batch_size.is_multiple_of(self.micro_batch_size) {
+            bail!(
+                "batch_size ({}) must divide by micro_batch_size ({})",
+                self.batch_size,
+                self.micro_batch_size
+            );
+        }
+        if self.eval_every == 0 || self.log_every == 0 || self.eval_windows == 0 {
+            bail!("eval_every, log_every and eval_windows must be positive");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) || self.val_fraction == 0.0 {
+            bail!("val_fraction must be in (0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) || self.lr <= 0.0 {
+            bail!("lr must be positive and min_lr_ratio in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// Micro-batches per optimiser step.
+    pub fn accumulation(&self) -> usize {
+        self.batch_size / self.micro_batch_size
+    }
+
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.batch_size * self.context_length) as u64
+    }
+
+    pub fn data_settings(&self) -> datasets::DataSettings {
+        datasets::DataSettings {
+            dataset: self.dataset.clone(),
+            vocab_size: self.vocab_size,
+            val_fraction: self.val_fraction,
+            split_seed: self.split_seed,
+        }
+    }
+}
+
+/// A named starting point; a key a plugin does not declare is skipped for that plugin.
+pub struct Preset {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub settings: &'static [(&'static str, &'static str)],
+}
+
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "tiny",
+        about: "tests, demo and benchmark: 4 layers, width 256, 4 heads, context 128, vocab 4096, batch 8",
+        settings: &[("n_layer", "4"), ("n_embd", "256"), ("n_head", "4"), ("context_length", "128"), ("vocab_size", "4096"), ("batch_size", "8"), ("micro_batch_size", "8")],
+    },
+    Preset {
+        name: "small",
+        about: "6 layers, width 384, 6 heads, context 256, vocab 8192, batch 8",
+        settings: &[("n_layer", "6"), ("n_embd", "384"), ("n_head", "6"), ("context_length", "256"), ("vocab_size", "8192"), ("batch_size", "8"), ("micro_batch_size", "8")],
+    },
+    Preset {
+        name: "gpt2ish",
+        about: "lmplay's published setting: 6 layers, width 768, 12 heads, context 1024, batch 50 from micro-batches of 10, Adagrad at a fixed 6e-4, no weight decay",
+        settings: &[
+            ("n_layer", "6"), ("n_embd", "768"), ("n_head", "12"), ("context_length", "1024"), ("vocab_size", "50257"),
+            ("batch_size", "50"), ("micro_batch_size", "10"), ("optimizer", "adagrad"), ("lr", "6e-4"),
+            ("schedule", "constant"), ("warmup", "0"), ("weight_decay", "0"), ("eps", "1e-10"),
+        ],
+    },
+];
+
+pub fn preset(name: &str) -> Result<&'static [(&'static str, &'static str)]> {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.settings)
+        .with_context(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+            match closest(name, &names) {
+                Some(near) => format!("unknown preset `{name}` (did you mean `{near}`?)"),
+                None => format!("unknown preset `{name}`: use one of {}", names.join(", ")),
+            }
+        })
+}
+
+/// One `key=value` from the command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+}
+
+impl std::str::FromStr for Override {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("`{s}` is not key=value (e.g. lr=6e-4)"))?;
+        if key.is_empty() {
+            bail!("`{s}` has an empty key");
+        }
+        Ok(Self {
+            key: key.trim().to_owned(),
+            value: value.trim().to_owned(),
+        })
+    }
+}
+
+/// A command-line value as the JSON its field's kind expects.
+pub fn typed_value(field: &FieldSpec, raw: &str) -> Result<Value> {
+    let bad = |what: &str| anyhow::anyhow!("{}={raw}: expected {what}", field.name);
+    Ok(match field.kind.as_str() {
+        "int" => Value::from(
+            raw.replace('_', "")
+                .parse::<u64>()
+                .map_err(|_| bad("a non-negative integer"))?,
+        ),
+        "float" => Value::from(raw.parse::<f64>().map_err(|_| bad("a number"))?),
+        "bool" => Value::from(raw.parse::<bool>().map_err(|_| bad("true or false"))?),
+        "enum" if !field.choices.iter().any(|c| c == raw) => {
+            return Err(bad(&format!("one of {}", field.choices.join(", "))))
+        }
+        _ => Value::from(raw),
+    })
+}
+
+/// One arm's resolved config: the host's part and the model's part (sent to the plugin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmConfig {
+    pub run: Map<String, Value>,
+    pub model: Map<String, Value>,
+}
+
+impl ArmConfig {
+    pub fn run_config(&self) -> Result<RunConfig> {
+        RunConfig::from_map(&self.run).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Every knob in one sorted map, for display and comparison.
+    pub fn flat(&self) -> BTreeMap<String, Value> {
+        self.run
+            .iter()
+            .chain(&self.model)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// What the user asked for, before it meets a plugin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Request {
+    pub preset: String,
+    pub variant: Option<String>,
+    pub overrides: Vec<Override>,
+}
+
+/// Resolves `request` for a plugin: returns the arm's config (model part not yet validated by
+/// the plugin) and the override keys this plugin does not know.
+pub fn resolve_arm(
+    plugin: &PluginDescription,
+    request: &Request,
+) -> Result<(ArmConfig, Vec<String>)> {
+    let host_fields = RunConfig::fields();
+    let mut run = RunConfig::default().to_map();
+    let mut model: Map<String, Value> = Map::new();
+    let set = |key: &str,
+               value: Value,
+               run: &mut Map<String, Value>,
+               model: &mut Map<String, Value>|
+     -> bool {
+        if host_fields.iter().any(|f| f.name == key) {
+            run.insert(key.to_owned(), value);
+            true
+        } else if plugin.fields.iter().any(|f| f.name == key) {
+            model.insert(key.to_owned(), value);
+            true
+        } else {
+            false
+        }
+    };
+    let field = |key: &str| {
+        host_fields
+            .iter()
+            .chain(&plugin.fields)
+            .find(|f| f.name == key)
+            .cloned()
+    };
+
+    for (key, raw) in preset(&request.preset)? {
+        if let Some(f) = field(key) {
+            set(key, typed_value(&f, raw)?, &mut run, &mut model);
+        }
+    }
+    if let Some(name) = &request.variant {
+        let variant = plugin
+            .variants
+            .iter()
+            .find(|v| &v.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = plugin.variants.iter().map(|v| v.name.as_str()).collect();
+                if names.is_empty() {
+                    format!("{} has no variants", plugin.name)
+                } else {
+                    format!(
+                        "{} has no variant `{name}`: it has {}",
+                        plugin.name,
+                        names.join(", ")
+                    )
+                }
+            })?;
+        for (key, value) in &variant.overrides {
+            if !set(key, value.clone(), &mut run, &mut model) {
+                bail!(
+                    "variant `{name}` of {} sets `{key}`, which the plugin does not declare",
+                    plugin.name
+                );
+            }
+        }
+    }
+    let mut unknown = Vec::new();
+    for o in &request.overrides {
+        match field(&o.key) {
+            Some(f) => {
+                set(&o.key, typed_value(&f, &o.value)?, &mut run, &mut model);
+            }
+            None => unknown.push(o.key.clone()),
+        }
+    }
+    let config = ArmConfig { run, model };
+    config.run_config()?.check()?;
+    Ok((config, unknown))
+}
+
+/// An error for override keys that no arm declares, with the nearest declared name.
+pub fn unknown_key_error(key: &str, fields: &[&FieldSpec]) -> anyhow::Error {
+    let names: Vec<&str> = fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(["variant"])
+        .collect();
+    match closest(key, &names) {
+        Some(near) => anyhow::anyhow!("unknown config key `{key}` (did you mean `{near}`?); `lmhost describe PLUGIN` lists them all"),
+        None => anyhow::anyhow!("unknown config key `{key}`; `lmhost describe PLUGIN` lists them all"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline() -> PluginDescription {
+        PluginDescription::builtin()
+    }
+
+    fn request(preset: &str, overrides: &[&str]) -> Request {
+        Request {
+            preset: preset.into(),
+            variant: None,
+            overrides: overrides.iter().map(|o| o.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn presets_then_overrides_land_in_the_right_half() {
+        let (c, unknown) =
+            resolve_arm(&baseline(), &request("small", &["lr=3e-4", "n_layer=2"])).unwrap();
+        assert!(unknown.is_empty());
+        assert_eq!(c.run["context_length"], Value::from(256));
+        assert_eq!(c.run["lr"], Value::from(3e-4));
+        assert_eq!(c.model["n_layer"], Value::from(2));
+        assert_eq!(c.model["n_embd"], Value::from(384));
+        assert!(!c.model.contains_key("lr"));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_reported() {
+        let err = resolve_arm(&baseline(), &request("tiny", &["n_layer=two"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "n_layer=two: expected a non-negative integer"
+        );
+        let err = resolve_arm(&baseline(), &request("tiny", &["schedule=cosin"])).unwrap_err();
+        assert!(
+            err.to_string().contains("constant, cosine, linear"),
+            "{err}"
+        );
+        let (_, unknown) = resolve_arm(&baseline(), &request("tiny", &["n_layres=2"])).unwrap();
+        assert_eq!(unknown, vec!["n_layres"]);
+        let fields = baseline().fields;
+        let all: Vec<&FieldSpec> = fields.iter().collect();
+        assert!(unknown_key_error("n_layres", &all)
+            .to_string()
+            .contains("did you mean `n_layer`"));
+        let err = resolve_arm(
+            &baseline(),
+            &request("tiny", &["batch_size=6", "micro_batch_size=4"]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must divide"), "{err}");
+        assert!(resolve_arm(&baseline(), &request("tiyn", &[]))
+            .unwrap_err()
+            .to_string()
+            .contains("did you mean `tiny`"));
+    }
+}

@@ -1,0 +1,18 @@
+//! lmhost: trains experiment plugins against a built-in baseline GPT on the same data, seed and
+//! token budget, and records every number as Arrow.
+//!
+//! The host owns *when* and *what data*; a plugin owns *what model*. [`orchestrate`] runs an
+//! experiment (`lmhost run`): it resolves each arm's [`config`], prepares the data once, writes
+//! a run folder per arm ([`run_store`]) and trains each arm in a worker process ([`train`]),
+//! which drives the plugin ([`plugin`]) through the ABI-stable boundary of `plugin-api`.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod orchestrate;
+pub mod plugin;
+pub mod run_store;
+pub mod schedule;
+pub mod train;
+pub mod workspace;

@@ -1,0 +1,294 @@
+//! The run store: one folder per run under `runs/`, holding `run.json` (what ran, written before
+//! step 0 and updated as the status changes), `stats.arrows`, `checkpoints/` and `worker.log`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ArmConfig, Request};
+use crate::plugin::PluginSource;
+
+/// The format of `run.json`; bump on incompatible changes.
+pub const RUN_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Folder written, worker not started yet.
+    Pending,
+    Running,
+    Finished,
+    /// Loss or gradient became NaN or infinite; training stopped, stats kept.
+    Diverged,
+    /// The plugin or the worker failed; stats so far kept.
+    Failed,
+    Interrupted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Finished => "finished",
+            Status::Diverged => "diverged",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Which side of the comparison a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    Baseline,
+    Experiment,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    pub variant: Option<String>,
+    pub source: PluginSource,
+    /// sha256 of the plugin library (absent for the built-in baseline).
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub version: String,
+    pub cuda: bool,
+    pub os: String,
+    pub arch: String,
+    pub cpus: usize,
+    /// How lmhost was invoked.
+    pub command: Vec<String>,
+}
+
+impl HostRecord {
+    pub fn current() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            cuda: cfg!(feature = "cuda"),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            command: std::env::args().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The token cache folder the worker reads.
+    pub cache_dir: PathBuf,
+    pub manifest: datasets::DataManifest,
+}
+
+/// Numbers derived once from the config and printed at the start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Derived {
+    pub tokens_per_step: u64,
+    pub accumulation: usize,
+    pub total_tokens: u64,
+    pub vocab_size: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub steps: u64,
+    pub tokens: u64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub params_train: u64,
+    pub params_prod: u64,
+    /// Training tokens per second of training time (evaluation and checkpoints excluded).
+    pub tokens_per_s: f64,
+    pub wall_s: f64,
+    pub last_checkpoint: Option<String>,
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format: u32,
+    pub id: String,
+    pub arm: Arm,
+    pub status: Status,
+    pub created_at: String,
+    pub updated_at: String,
+    pub plugin: PluginRecord,
+    pub host: HostRecord,
+    pub request: Request,
+    pub config: ArmConfig,
+    pub data: DataRecord,
+    pub derived: Derived,
+    /// Identifies what was trained (config, data, plugin): equal fingerprints, equal runs.
+    pub fingerprint: String,
+    pub result: Option<RunResult>,
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    pub fn compute_fingerprint(&self) -> String {
+        let identity = serde_json::json!({
+            "config": self.config,
+            "plugin": [&self.plugin.name, &self.plugin.version, &self.plugin.variant, &self.plugin.sha256],
+            "data": [&self.data.manifest.tokenizer_fingerprint, &self.data.manifest.val_fingerprint, self.data.manifest.train_tokens],
+            "host": &self.host.version,
+        });
+        hex(&Sha256::digest(identity.to_string()))
+    }
+}
+
+/// A folder of runs.
+pub struct RunStore {
+    pub root: PathBuf,
+}
+
+impl RunStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// A new, empty run folder named `<time>-<name>[-<variant>]-s<seed>`.
+    pub fn create_dir(
+        &self,
+        name: &str,
+        variant: Option<&str>,
+        seed: u64,
+    ) -> Result<(String, PathBuf)> {
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create {}", self.root.display()))?;
+        let mut base = format!("{}-{name}", compact_timestamp());
+        if let Some(v) = variant {
+            base.push('-');
+            base.push_str(v);
+        }
+        base.push_str(&format!("-s{seed}"));
+        for n in 1.. {
+            let id = if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            let dir = self.root.join(&id);
+            match fs::create_dir(&dir) {
+                Ok(()) => return Ok((id, dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", dir.display()))
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// The newest finished run with this fingerprint, to reuse instead of training again.
+    pub fn find_finished(&self, fingerprint: &str) -> Option<(PathBuf, RunRecord)> {
+        let mut found: Vec<(PathBuf, RunRecord)> = fs::read_dir(&self.root)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| read_record(&e.path()).ok().map(|r| (e.path(), r)))
+            .filter(|(_, r)| r.status == Status::Finished && r.fingerprint == fingerprint)
+            .collect();
+        found.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+        found.pop()
+    }
+}
+
+pub fn read_record(dir: &Path) -> Result<RunRecord> {
+    let path = dir.join("run.json");
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not a run folder (no readable run.json)",
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+/// Writes `run.json` through a temporary file and a rename, so it is never half-written.
+pub fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {
+    let mut record = record.clone();
+    record.updated_at = timestamp();
+    let text = serde_json::to_string_pretty(&record).expect("run record serialises");
+    write_atomic(&dir.join("run.json"), text.as_bytes())
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// UTC time as RFC 3339, e.g. `2026-11-22T09:30:00Z`.
+pub fn timestamp() -> String {
+    let (y, mo, d, h, mi, s) = utc_now();
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// UTC time for folder names, e.g. `20261122-093000`.
+fn compact_timestamp() -> String {
+    let (y, mo, d, h, mi, s) = utc_now();
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
+}
+
+fn utc_now() -> (i64, u32, u32, u64, u64, u64) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = timestamp();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+
+    #[test]
+    fn run_folders_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(dir.path());
+        let (a, _) = store.create_dir("baseline", None, 1).unwrap();
+        let (b, _) = store.create_dir("baseline", None, 1).unwrap();
+        assert_ne!(a, b);
+        assert!(a.ends_with("-baseline-s1"));
+    }
+}

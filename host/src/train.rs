@@ -1,0 +1,392 @@
+//! The training driver, run inside a worker process for one arm. The host owns *when* and *what
+//! data*: micro-batches and accumulation, the learning rate of each step, evaluation on the fixed
+//! validation set, checkpoints and stats. The plugin owns *what model*.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RSlice, RStr};
+use anyhow::{Context, Result};
+use datasets::{train_batch, validation_windows, PreparedData};
+use plugin_api::{BatchStats, ModelBox, RunSpec, StepSettings, TokenBatch};
+use reports::{Split, StatsRow, StatsWriter};
+
+use crate::config::RunConfig;
+use crate::events::{emit, Event};
+use crate::plugin::{Plugin, PluginSource};
+use crate::run_store::{self, write_atomic, RunRecord, RunResult, Status};
+use crate::schedule::LrSchedule;
+
+/// Why training stopped before its last step.
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    #[error("{0}")]
+    Diverged(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs the arm described by `dir/run.json` to its end, keeping `run.json` and the stats
+/// current, and reporting progress as [`Event`]s on stdout.
+pub fn run_worker(dir: &Path) -> Result<()> {
+    let mut record = run_store::read_record(dir)?;
+    record.status = Status::Running;
+    run_store::write_record(dir, &record)?;
+    let outcome = setup_and_train(dir, &mut record);
+    let (status, error) = match &outcome {
+        Ok(()) => (Status::Finished, None),
+        Err(e) => match e.downcast_ref::<Stop>() {
+            Some(Stop::Diverged(m)) => (Status::Diverged, Some(m.clone())),
+            _ => (Status::Failed, Some(format!("{e:#}"))),
+        },
+    };
+    record.status = status;
+    record.error = error.clone();
+    run_store::write_record(dir, &record)?;
+    match error {
+        None => {
+            emit(&Event::Finished {
+                result: record.result.clone().unwrap_or_default(),
+            });
+            Ok(())
+        }
+        Some(message) => {
+            emit(&Event::Stopped {
+                status,
+                message: message.clone(),
+            });
+            Err(anyhow::anyhow!(message))
+        }
+    }
+}
+
+fn setup_and_train(dir: &Path, record: &mut RunRecord) -> Result<()> {
+    if let (PluginSource::Library { path }, Some(expected)) =
+        (&record.plugin.source, &record.plugin.sha256)
+    {
+        if &run_store::sha256_file(path)? != expected {
+            anyhow::bail!(
+                "{} changed since this run was set up; start a new run",
+                path.display()
+            );
+        }
+    }
+    let plugin = Plugin::open(&record.plugin.source)?;
+    let data = PreparedData::load(&record.data.cache_dir)?;
+    if data.manifest.tokenizer_fingerprint != record.data.manifest.tokenizer_fingerprint {
+        anyhow::bail!(
+            "the token cache {} changed since this run was set up",
+            data.dir.display()
+        );
+    }
+    let config = record.config.run_config()?;
+    let spec = RunSpec {
+        device: config.device.as_str().into(),
+        dtype: config.dtype.as_str().into(),
+        seed: config.seed,
+        vocab_size: data.manifest.vocab_size as u32,
+        context_length: config.context_length as u32,
+    };
+    let model = plugin
+        .create(&spec, &record.config.model)
+        .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
+    let stats = StatsWriter::create(&dir.join("stats.arrows"), &stats_identity(record))?;
+    let mut training = Training::new(dir, config, model, &data, stats, &plugin.description.name);
+    let result = training.run(record);
+    training.stats.take().map(|s| s.finish()).transpose()?;
+    result
+}
+
+/// The run's identity, kept in the stats file's schema metadata.
+fn stats_identity(record: &RunRecord) -> String {
+    serde_json::json!({
+        "id": record.id,
+        "arm": record.arm,
+        "plugin": record.plugin.name,
+        "variant": record.plugin.variant,
+        "config": record.config.flat(),
+        "fingerprint": record.fingerprint,
+        "tokenizer": record.data.manifest.tokenizer_fingerprint,
+        "val_set": record.data.manifest.val_fingerprint,
+    })
+    .to_string()
+}
+
+/// One optimiser step (1-based `step`) over `batch_size / micro_batch_size` micro-batches of
+/// the deterministic training stream: the loss sums and the gradient norm (NaN, and no update,
+/// when the loss is not finite). An error names the plugin call that failed.
+pub fn optimizer_step(
+    model: &mut ModelBox,
+    train: &[u32],
+    c: &RunConfig,
+    step: u64,
+    lr: f64,
+) -> std::result::Result<(BatchStats, f64), (&'static str, plugin_api::PluginError)> {
+    let (rows, cols) = (c.micro_batch_size, c.context_length + 1);
+    let loss_scale = 1.0 / c.tokens_per_step() as f64;
+    let mut total = BatchStats::default();
+    for micro in 0..c.accumulation() as u64 {
+        let ids = train_batch(train, c.seed, step - 1, micro, rows, c.context_length);
+        let batch = TokenBatch {
+            ids: RSlice::from_slice(&ids),
+            rows: rows as u32,
+            cols: cols as u32,
+        };
+        let s = model
+            .forward_backward(batch, loss_scale)
+            .into_result()
+            .map_err(|e| ("forward_backward", e))?;
+        total.loss_sum += s.loss_sum;
+        total.correct += s.correct;
+        total.tokens += s.tokens;
+    }
+    if !total.loss_sum.is_finite() {
+        return Ok((total, f64::NAN));
+    }
+    let report = model
+        .optimizer_step(StepSettings { step, lr })
+        .into_result()
+        .map_err(|e| ("optimizer_step", e))?;
+    Ok((total, report.grad_norm))
+}
+
+struct Training<'a> {
+    dir: &'a Path,
+    config: RunConfig,
+    schedule: LrSchedule,
+    model: ModelBox,
+    data: &'a PreparedData,
+    val_ids: Vec<u32>,
+    stats: Option<StatsWriter>,
+    plugin_name: String,
+    started: Instant,
+    /// Time spent in training steps only (no evaluation, no checkpoints).
+    train_time: Duration,
+    tokens: u64,
+}
+
+impl<'a> Training<'a> {
+    fn new(
+        dir: &'a Path,
+        config: RunConfig,
+        model: ModelBox,
+        data: &'a PreparedData,
+        stats: StatsWriter,
+        plugin_name: &str,
+    ) -> Self {
+        Self {
+            dir,
+            schedule: LrSchedule::new(&config),
+            val_ids: validation_windows(&data.val, config.eval_windows, config.context_length),
+            config,
+            model,
+            data,
+            stats: Some(stats),
+            plugin_name: plugin_name.to_owned(),
+            started: Instant::now(),
+            train_time: Duration::ZERO,
+            tokens: 0,
+        }
+    }
+
+    fn push(&mut self, row: StatsRow) {
+        if let Some(s) = self.stats.as_mut() {
+            s.push(row);
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(s) = self.stats.as_mut() {
+            s.flush()?;
+        }
+        Ok(())
+    }
+
+    fn plugin_error(&self, call: &str, e: plugin_api::PluginError) -> Stop {
+        Stop::Failed(format!("plugin {} {e} (in {call})", self.plugin_name))
+    }
+
+    fn run(&mut self, record: &mut RunRecord) -> Result<()> {
+        let counts = self.model.param_counts();
+        let steps = self.config.steps;
+        emit(&Event::Started {
+            params_train: counts.train,
+            params_prod: counts.prod,
+            steps,
+            tokens_per_step: self.config.tokens_per_step(),
+        });
+        let mut result = RunResult {
+            params_train: counts.train,
+            params_prod: counts.prod,
+            ..RunResult::default()
+        };
+        let outcome = self.train_loop(steps, &mut result);
+        // Whatever happened, keep every row measured so far.
+        self.flush()?;
+        result.wall_s = self.started.elapsed().as_secs_f64();
+        result.tokens = self.tokens;
+        result.tokens_per_s = self.tokens as f64 / self.train_time.as_secs_f64().max(1e-9);
+        record.result = Some(result);
+        outcome
+    }
+
+    fn train_loop(&mut self, steps: u64, result: &mut RunResult) -> Result<()> {
+        let (val_loss, val_acc) = self.evaluate(0)?;
+        result.val_loss = Some(val_loss);
+        result.val_accuracy = Some(val_acc);
+        let mut interval = (Duration::ZERO, 0u64);
+        for step in 1..=steps {
+            let (loss, step_time) = self.train_step(step)?;
+            result.steps = step;
+            interval.0 += step_time;
+            interval.1 += self.config.tokens_per_step();
+            let mut evaluated = None;
+            if step % self.config.eval_every == 0 || step == steps {
+                let (l, a) = self.evaluate(step)?;
+                result.val_loss = Some(l);
+                result.val_accuracy = Some(a);
+                evaluated = Some(l);
+            }
+            if step % self.config.log_every == 0 || step == steps {
+                self.flush()?;
+                let elapsed = self.started.elapsed().as_secs_f64();
+                emit(&Event::Progress {
+                    step,
+                    steps,
+                    loss,
+                    val_loss: evaluated.or(result.val_loss),
+                    lr: self.schedule.lr(step - 1),
+                    tokens_per_s: interval.1 as f64 / interval.0.as_secs_f64().max(1e-9),
+                    eta_s: elapsed / step as f64 * (steps - step) as f64,
+                });
+                interval = (Duration::ZERO, 0);
+            }
+            if self.config.checkpoint_every > 0
+                && step % self.config.checkpoint_every == 0
+                && step != steps
+            {
+                self.checkpoint(step)?;
+            }
+        }
+        result.last_checkpoint = Some(self.checkpoint(steps)?);
+        Ok(())
+    }
+
+    /// One optimiser step, recorded in the stats.
+    fn train_step(&mut self, step: u64) -> Result<(f64, Duration)> {
+        let t0 = Instant::now();
+        let lr = self.schedule.lr(step - 1);
+        let (total, grad_norm) =
+            optimizer_step(&mut self.model, &self.data.train, &self.config, step, lr)
+                .map_err(|(call, e)| self.plugin_error(call, e))?;
+        let loss = total.loss_sum / total.tokens.max(1) as f64;
+        let step_time = t0.elapsed();
+        self.train_time += step_time;
+        self.tokens += total.tokens;
+        let wall = self.started.elapsed().as_secs_f64();
+        self.push(StatsRow {
+            loss: Some(loss),
+            accuracy: Some(total.correct as f64 / total.tokens.max(1) as f64),
+            lr: Some(lr),
+            grad_norm: Some(grad_norm),
+            tokens_per_s: Some(total.tokens as f64 / step_time.as_secs_f64().max(1e-9)),
+            ..StatsRow::at(step, self.tokens, wall, Split::Train)
+        });
+        let metrics = self
+            .model
+            .extra_metrics()
+            .into_result()
+            .map_err(|e| self.plugin_error("extra_metrics", e))?;
+        for m in metrics.iter() {
+            self.push(StatsRow::metric(
+                step,
+                self.tokens,
+                wall,
+                m.name.as_str(),
+                m.value,
+            ));
+        }
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let what = if loss.is_finite() {
+                "gradient norm"
+            } else {
+                "training loss"
+            };
+            return Err(Stop::Diverged(format!(
+                "{what} became {} at step {step}; stats up to this step are kept",
+                if loss.is_nan() || grad_norm.is_nan() {
+                    "NaN"
+                } else {
+                    "infinite"
+                }
+            ))
+            .into());
+        }
+        Ok((loss, step_time))
+    }
+
+    /// Loss and accuracy over the fixed validation windows.
+    fn evaluate(&mut self, step: u64) -> Result<(f64, f64)> {
+        let (rows, cols) = (self.config.micro_batch_size, self.config.context_length + 1);
+        let mut total = BatchStats::default();
+        for chunk in self.val_ids.chunks(rows * cols) {
+            let batch = TokenBatch {
+                ids: RSlice::from_slice(chunk),
+                rows: (chunk.len() / cols) as u32,
+                cols: cols as u32,
+            };
+            let s = self
+                .model
+                .evaluate(batch)
+                .into_result()
+                .map_err(|e| self.plugin_error("evaluate", e))?;
+            total.loss_sum += s.loss_sum;
+            total.correct += s.correct;
+            total.tokens += s.tokens;
+        }
+        let loss = total.loss_sum / total.tokens.max(1) as f64;
+        let accuracy = total.correct as f64 / total.tokens.max(1) as f64;
+        let row = StatsRow {
+            loss: Some(loss),
+            accuracy: Some(accuracy),
+            lr: Some(self.schedule.lr(step.saturating_sub(1))),
+            ..StatsRow::at(
+                step,
+                self.tokens,
+                self.started.elapsed().as_secs_f64(),
+                Split::Val,
+            )
+        };
+        self.push(row);
+        if !loss.is_finite() {
+            self.flush()?;
+            return Err(Stop::Diverged(format!(
+                "validation loss became {loss} at step {step}; stats up to this step are kept"
+            ))
+            .into());
+        }
+        Ok((loss, accuracy))
+    }
+
+    /// Writes `checkpoints/step_NNNNNN.safetensors` (weights, optimiser state, and where the
+    /// run stood in its metadata) through a temporary file and a rename.
+    fn checkpoint(&mut self, step: u64) -> Result<String> {
+        let metadata = serde_json::json!({
+            "lmhost.step": step.to_string(),
+            "lmhost.tokens": self.tokens.to_string(),
+            "lmhost.seed": self.config.seed.to_string(),
+        })
+        .to_string();
+        let bytes = self
+            .model
+            .save_state(RStr::from_str(&metadata))
+            .into_result()
+            .map_err(|e| self.plugin_error("save_state", e))?;
+        let dir = self.dir.join("checkpoints");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = format!("step_{step:06}.safetensors");
+        write_atomic(&dir.join(&name), &bytes)?;
+        Ok(format!("checkpoints/{name}"))
+    }
+}

@@ -1,0 +1,93 @@
+//! What a plugin author writes: an [`Experiment`] is a model with a name, its own knobs, its
+//! variants, a constructor and a forward pass. The kit does the rest (loss, accumulation,
+//! optimiser, state, the ABI) identically for every experiment and for the built-in baseline.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde_json::{Map, Value};
+
+use crate::config::{KnobType, Knobs};
+use crate::gpt::{Gpt, ModelSpec};
+use crate::init::ParamStore;
+
+/// One experiment: the baseline GPT with one idea changed.
+pub trait Experiment: Sized + 'static {
+    /// The experiment's own knobs; the model size ([`GptConfig`](crate::gpt::GptConfig)) and
+    /// the optimiser ([`OptimConfig`](crate::optim::OptimConfig)) are declared by the kit.
+    type Config: Knobs;
+
+    /// Short name, used in run folders and `lmhost describe`.
+    const NAME: &'static str;
+    /// One line: what the experiment changes.
+    const SUMMARY: &'static str;
+    /// The method and its source, for `lmhost describe`.
+    const DESCRIPTION: &'static str;
+    /// True when [`prod_weights`](Self::prod_weights) folds the model into the baseline's layout.
+    const SACRIFICIAL: bool = false;
+
+    /// Named variants (the first is the default); none means the defaults are the only variant.
+    fn variants() -> Vec<Variant> {
+        Vec::new()
+    }
+
+    fn build(spec: &ModelSpec, config: &Self::Config, vb: VarBuilder) -> Result<Self>;
+
+    /// ids: (B, T) u32 → logits: (B, T, V).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor>;
+
+    /// The weights a user ships. By default, the training weights as they are.
+    fn prod_weights(&self, params: &ParamStore) -> Result<Vec<(String, Tensor)>> {
+        Ok(params.tensors())
+    }
+
+    /// Numbers to record beside the loss, measured since the last call.
+    fn extra_metrics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
+}
+
+/// A named set of config overrides.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub overrides: Map<String, Value>,
+}
+
+impl Variant {
+    pub fn new(name: &'static str, summary: &'static str) -> Self {
+        Self {
+            name,
+            summary,
+            overrides: Map::new(),
+        }
+    }
+
+    /// Adds one override, e.g. `.set("value_norm_blocks", Blocks::From1)`.
+    pub fn set(mut self, key: &str, value: impl KnobType) -> Self {
+        self.overrides.insert(key.to_owned(), value.to_json());
+        self
+    }
+}
+
+/// The built-in baseline, exactly as the host trains it.
+pub struct Baseline(pub Gpt);
+
+impl Experiment for Baseline {
+    type Config = crate::config::NoKnobs;
+    const NAME: &'static str = "baseline";
+    const SUMMARY: &'static str =
+        "The GPT2ish baseline (lmplay): pre-LN GPT, learned positions, untied head with bias.";
+    const DESCRIPTION: &'static str = "Token embedding + learned absolute position embedding \
+        (initialised to zero) → L pre-LN blocks (causal self-attention, MLP C→4C→C with exact \
+        GELU) → final LayerNorm → untied linear head with bias. Every experiment is compared \
+        against this model, trained on the same data, seed and token budget.";
+
+    fn build(spec: &ModelSpec, _config: &Self::Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(Gpt::new(spec, vb)?))
+    }
+
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.0.forward(ids)
+    }
+}

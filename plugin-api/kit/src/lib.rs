@@ -1,0 +1,37 @@
+//! The lmhost authoring kit: what an experiment plugin is written with, and nothing of the host.
+//!
+//! A plugin implements [`Experiment`] (usually the baseline [`gpt::Gpt`] with one idea changed)
+//! and calls [`export_plugin!`]. The kit supplies the rest, identically for every plugin and for
+//! the host's built-in baseline: seeded initialisation ([`init`]), layers with working gradients
+//! ([`nn`]), optimisers with checkpointable state ([`optim`]), the training step and state files
+//! ([`trainer`]), and the ABI adapter with its panic guard ([`export`]).
+
+pub mod config;
+pub mod experiment;
+pub mod export;
+pub mod gpt;
+pub mod init;
+pub mod nn;
+pub mod optim;
+pub mod trainer;
+
+pub use experiment::{Baseline, Experiment, Variant};
+pub use gpt::{Gpt, GptConfig, ModelSpec};
+
+// What a plugin crate needs, reachable through the kit alone.
+pub use candle_core as candle;
+pub use candle_nn;
+pub use plugin_api;
+pub use serde_json;
+
+/// `use lmhost_kit::prelude::*;` brings in what a plugin's `lib.rs` usually needs.
+pub mod prelude {
+    pub use crate::config::{KnobType, Knobs};
+    pub use crate::experiment::{Experiment, Variant};
+    pub use crate::gpt::{Block, CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec};
+    pub use crate::init::ParamStore;
+    pub use crate::nn::{self, LayerNorm};
+    pub use crate::{export_plugin, knob_enum, knobs};
+    pub use candle_core::{DType, Device, Module, Result, Tensor, D};
+    pub use candle_nn::VarBuilder;
+}

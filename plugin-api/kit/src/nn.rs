@@ -1,0 +1,221 @@
+//! Layers shared by the baseline and the plugins, each with an explicit, seeded initialisation
+//! and a backward pass that reaches every parameter.
+//!
+//! Shapes: `B` batch, `T` time, `C` width, `H` heads, `D = C/H` head size, `V` vocab.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+/// `y = x Wᵀ + b`, `W: (out, in)` drawn from N(0, std), `b` zero.
+pub fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    std: f64,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<candle_nn::Linear> {
+    let weight = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )?;
+    let bias = if bias {
+        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+    } else {
+        None
+    };
+    Ok(candle_nn::Linear::new(weight, bias))
+}
+
+/// A lookup table `(n, dim)`; `std = 0` initialises it to zero.
+pub fn embedding(n: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<candle_nn::Embedding> {
+    let init = if std == 0.0 {
+        Init::Const(0.0)
+    } else {
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        }
+    };
+    Ok(candle_nn::Embedding::new(
+        vb.get_with_hints((n, dim), "weight", init)?,
+        dim,
+    ))
+}
+
+/// LayerNorm over the last dimension, written with plain tensor ops.
+///
+/// Not `candle_nn::LayerNorm`: with a bias its fused kernel has no backward and silently cuts
+/// the gradient graph (candle issues #2977 and #3011).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Gain 1, bias 0 (or no bias), eps 1e-5 as in GPT-2.
+    pub fn new(dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            eps: 1e-5,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?; // statistics in f32 whatever the compute dtype
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        let y = normed.broadcast_mul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `(T, T)`: 0 where key j ≤ query i, −∞ above the diagonal.
+pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention with a causal mask: `softmax(q kᵀ · scale + mask) v`.
+/// q, k, v: (B, H, T, D) → (B, H, T, D).
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let t = q.dim(2)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, T)
+    let scores = scores.broadcast_add(&causal_mask(t, scores.dtype(), q.device())?)?;
+    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    weights.matmul(v)
+}
+
+/// (B, T, C) → (B, H, T, D), contiguous.
+pub fn split_heads(x: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    x.reshape((b, t, n_head, c / n_head))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// (B, H, T, D) → (B, T, C).
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
+/// Summed cross-entropy in nats and the count of argmax hits.
+/// logits: (N, V), targets: (N,) u32 → two scalars (the loss keeps its gradient graph).
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
+    let loss_sum = picked.sum_all()?.neg()?;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(targets)?
+        .to_dtype(DType::F32)?
+        .sum_all()?;
+    Ok((loss_sum, correct))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::ParamStore;
+
+    #[test]
+    fn layer_norm_normalises_and_trains_both_parameters() {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let ln = LayerNorm::new(4, true, vb).unwrap();
+        let x = Tensor::new(&[[1f32, 2., 3., 4.], [2., 2., 2., 6.]], &Device::Cpu).unwrap();
+        let y = ln.forward(&x).unwrap();
+        let row: Vec<f32> = y.get(0).unwrap().to_vec1().unwrap();
+        // (x - 2.5) / sqrt(1.25 + 1e-5)
+        let expect = [-1.341_636_f32, -0.447_212, 0.447_212, 1.341_636];
+        for (a, b) in row.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-5, "{row:?}");
+        }
+        let loss = (y * Tensor::new(&[[1f32, 2., 3., 4.], [1., 0., 0., 1.]], &Device::Cpu)
+            .unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        for p in store.params() {
+            let g = grads.get(p.var.as_tensor()).expect(&p.name);
+            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(norm > 0.0, "{} has no gradient", p.name);
+        }
+    }
+
+    #[test]
+    fn attention_is_causal() {
+        // Changing a later token must not change earlier outputs.
+        let dev = Device::Cpu;
+        let q = Tensor::arange(0f32, 24., &dev)
+            .unwrap()
+            .reshape((1, 1, 6, 4))
+            .unwrap();
+        let q = (q / 10.0).unwrap();
+        let v1 = Tensor::ones((1, 1, 6, 4), DType::F32, &dev).unwrap();
+        let y1 = causal_attention(&q, &q, &q, 0.5).unwrap();
+        let mut later = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        later[20..].fill(9.0); // the last of the 6 positions
+        let q2 = Tensor::from_vec(later, (1, 1, 6, 4), &dev).unwrap();
+        let y2 = causal_attention(&q2, &q2, &q2, 0.5).unwrap();
+        let a = y1
+            .narrow(2, 0, 5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = y2
+            .narrow(2, 0, 5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+        // Attention weights sum to one: attending over all-ones values gives ones.
+        let y = causal_attention(&q, &q, &v1, 0.5).unwrap();
+        for x in y.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
+            assert!((x - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_a_hand_computation() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 1., 2.], [3., 0., 0.]], &dev).unwrap();
+        let targets = Tensor::new(&[2u32, 1], &dev).unwrap();
+        let (loss, correct) = cross_entropy_sum(&logits, &targets).unwrap();
+        let lse1 = (1f64 + 1f64.exp() + 2f64.exp()).ln();
+        let lse2 = (3f64.exp() + 2.0).ln();
+        let expect = (lse1 - 2.0) + (lse2 - 0.0);
+        assert!((loss.to_scalar::<f32>().unwrap() as f64 - expect).abs() < 1e-5);
+        assert_eq!(correct.to_scalar::<f32>().unwrap(), 1.0);
+    }
+}

@@ -1,0 +1,92 @@
+//! Reproducibility: the same config and seed give the same numbers on CPU, and training through
+//! a plugin library gives exactly what the built-in baseline gives.
+
+use lmhost_tests::{built, runs, RunDir, SMALL_MODEL};
+
+/// Step, tokens, split, loss, accuracy, lr, grad norm.
+type Numbers = Vec<(
+    u64,
+    u64,
+    &'static str,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+)>;
+
+/// Every number of a run that does not depend on timing.
+fn numbers(run: &RunDir) -> Numbers {
+    run.stats()
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.step,
+                r.tokens,
+                r.split.as_str(),
+                r.loss,
+                r.accuracy,
+                r.lr,
+                r.grad_norm,
+            )
+        })
+        .collect()
+}
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = SMALL_MODEL.to_vec();
+    a.extend(["steps=12", "eval_every=4"]);
+    a.extend(extra);
+    a
+}
+
+#[test]
+fn the_same_seed_gives_identical_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in ["seed=3", "seed=3", "seed=4"] {
+        let mut a = vec!["run", "baseline"];
+        a.extend(args(&[seed]));
+        assert!(built().lmhost(dir.path(), &a).success());
+    }
+    let runs = runs(dir.path());
+    assert_eq!(runs.len(), 3);
+    assert_eq!(numbers(&runs[0]), numbers(&runs[1]));
+    assert_ne!(numbers(&runs[0]), numbers(&runs[2]));
+}
+
+#[test]
+fn the_plugin_path_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = built().plugin("kit_baseline");
+    let mut a = vec!["run", plugin.to_str().unwrap()];
+    a.extend(args(&[]));
+    let ran = built().lmhost(dir.path(), &a);
+    assert!(ran.success(), "{}", ran.stderr());
+    let runs = runs(dir.path());
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].arm(), "baseline");
+    assert_eq!(runs[1].record["plugin"]["name"], "baseline");
+    assert_eq!(numbers(&runs[0]), numbers(&runs[1]));
+}
+
+#[test]
+fn a_matching_finished_baseline_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = built().plugin("value_norm");
+    let mut a = vec!["run", plugin.to_str().unwrap()];
+    a.extend(args(&["steps=2"]));
+    assert!(built().lmhost(dir.path(), &a).success());
+    let again = built().lmhost(dir.path(), &a);
+    assert!(again.success());
+    assert!(
+        again.stdout().contains("arm:baseline reusing"),
+        "{}",
+        again.stdout()
+    );
+    let runs = runs(dir.path());
+    assert_eq!(runs.iter().filter(|r| r.arm() == "baseline").count(), 1);
+    assert_eq!(runs.iter().filter(|r| r.arm() == "experiment").count(), 2);
+    // A different config trains a new baseline.
+    a.push("lr=3e-4");
+    assert!(!built().lmhost(dir.path(), &a).stdout().contains("reusing"));
+}
