@@ -218,8 +218,12 @@ fn dispatch(command: Command) -> Result<bool> {
         }
         Command::List => list(),
         Command::Describe { plugin } => describe(&plugin),
-        Command::Bench(args) => crate::bench::bench(&args),
+        Command::Bench(args) => {
+            crate::memory::keep_freed_memory();
+            crate::bench::bench(&args)
+        }
         Command::Worker { run_dir } => {
+            crate::memory::keep_freed_memory();
             crate::train::run_worker(&run_dir)?;
             Ok(true)
         }

@@ -33,7 +33,7 @@ lmhost_kit::knobs! {
     /// the plugin.
     pub struct RunConfig {
         /// Optimiser steps; the token budget is steps × batch_size × context_length.
-        pub steps: u64 = 400,
+        pub steps: u64 = 150,
         /// Sequences per optimiser step.
         pub batch_size: usize = 8,
         /// Sequences per forward/backward; batch_size must divide by it (gradient accumulation).
@@ -45,7 +45,7 @@ lmhost_kit::knobs! {
         /// constant, cosine or linear decay after warmup, down to min_lr_ratio × lr.
         pub schedule: Schedule = Schedule::Cosine,
         /// Warmup length, counted in warmup_unit.
-        pub warmup: u64 = 20,
+        pub warmup: u64 = 15,
         /// steps or tokens (warmup and decay are then counted in tokens seen).
         pub warmup_unit: WarmupUnit = WarmupUnit::Steps,
         /// Learning rate at the end of the decay, as a fraction of lr.
@@ -53,7 +53,7 @@ lmhost_kit::knobs! {
         /// Evaluate every N steps (and before the first and after the last).
         pub eval_every: u64 = 50,
         /// Validation windows of context_length tokens; the same windows for every run.
-        pub eval_windows: usize = 64,
+        pub eval_windows: usize = 32,
         /// Write a checkpoint every N steps; 0 writes only the final one.
         pub checkpoint_every: u64 = 0,
         /// Print progress and flush stats every N steps.

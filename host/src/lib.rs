@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod memory;
 pub mod orchestrate;
 pub mod plugin;
 pub mod run_store;

@@ -72,8 +72,8 @@ impl GptConfig {
 /// Causal self-attention with one fused q/k/v projection.
 #[derive(Clone, Debug)]
 pub struct CausalSelfAttention {
-    pub c_attn: candle_nn::Linear,
-    pub c_proj: candle_nn::Linear,
+    pub c_attn: nn::Linear,
+    pub c_proj: nn::Linear,
     pub n_head: usize,
     /// 1/√D.
     pub scale: f64,
@@ -117,8 +117,8 @@ impl Module for CausalSelfAttention {
 /// C → 4C → GELU(erf) → C.
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    pub c_fc: candle_nn::Linear,
-    pub c_proj: candle_nn::Linear,
+    pub c_fc: nn::Linear,
+    pub c_proj: nn::Linear,
 }
 
 impl Mlp {
@@ -133,7 +133,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.c_proj.forward(&self.c_fc.forward(x)?.gelu_erf()?)
+        self.c_proj.forward(&nn::gelu(&self.c_fc.forward(x)?)?)
     }
 }
 
@@ -160,7 +160,7 @@ pub struct Gpt<A = CausalSelfAttention> {
     pub wpe: candle_nn::Embedding,
     pub h: Vec<Block<A>>,
     pub ln_f: LayerNorm,
-    pub lm_head: candle_nn::Linear,
+    pub lm_head: nn::Linear,
 }
 
 impl Gpt {

@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod export;
 pub mod gpt;
 pub mod init;
+pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod trainer;
@@ -30,7 +31,7 @@ pub mod prelude {
     pub use crate::experiment::{Experiment, Variant};
     pub use crate::gpt::{Block, CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec};
     pub use crate::init::ParamStore;
-    pub use crate::nn::{self, LayerNorm};
+    pub use crate::nn::{self, LayerNorm, Linear};
     pub use crate::{export_plugin, knob_enum, knobs};
     pub use candle_core::{DType, Device, Module, Result, Tensor, D};
     pub use candle_nn::VarBuilder;

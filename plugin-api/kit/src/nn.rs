@@ -3,17 +3,41 @@
 //!
 //! Shapes: `B` batch, `T` time, `C` width, `H` heads, `D = C/H` head size, `V` vocab.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-/// `y = x Wᵀ + b`, `W: (out, in)` drawn from N(0, std), `b` zero.
+use crate::kernels;
+
+/// `y = x Wᵀ + b`, `W: (out, in)`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Module for Linear {
+    /// x: (..., in) → (..., out), as one (N, in) × (in, out) matmul.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let in_dim = dims.pop().unwrap_or(1);
+        let y = x.reshape(((), in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => kernels::add_bias(&y, b)?,
+            None => y,
+        };
+        dims.push(self.weight.dim(0)?);
+        y.reshape(dims)
+    }
+}
+
+/// A [`Linear`] with `W` drawn from N(0, std) and `b` zero.
 pub fn linear(
     in_dim: usize,
     out_dim: usize,
     std: f64,
     bias: bool,
     vb: VarBuilder,
-) -> Result<candle_nn::Linear> {
+) -> Result<Linear> {
     let weight = vb.get_with_hints(
         (out_dim, in_dim),
         "weight",
@@ -27,7 +51,7 @@ pub fn linear(
     } else {
         None
     };
-    Ok(candle_nn::Linear::new(weight, bias))
+    Ok(Linear { weight, bias })
 }
 
 /// A lookup table `(n, dim)`; `std = 0` initialises it to zero.
@@ -76,37 +100,24 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?; // statistics in f32 whatever the compute dtype
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .to_dtype(dtype)?;
-        let y = normed.broadcast_mul(&self.weight)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+            Some(b) => kernels::layer_norm(x, &self.weight, b, self.eps),
+            None => kernels::layer_norm(x, &self.weight, &self.weight.zeros_like()?, self.eps),
         }
     }
 }
 
-/// `(T, T)`: 0 where key j ≤ query i, −∞ above the diagonal.
-pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
+/// Exact (erf) GELU.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    kernels::gelu_erf(x)
 }
 
 /// Scaled dot-product attention with a causal mask: `softmax(q kᵀ · scale + mask) v`.
-/// q, k, v: (B, H, T, D) → (B, H, T, D).
+/// q: (B, H, Tq, D), k and v: (B, H, Tk, D) with Tk ≥ Tq (the last Tq keys are the queries'
+/// own positions) → (B, H, Tq, D).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let t = q.dim(2)?;
-    let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, T)
-    let scores = scores.broadcast_add(&causal_mask(t, scores.dtype(), q.device())?)?;
-    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    weights.matmul(v)
+    let scores = q.matmul(&k.t()?)?; // (B, H, Tq, Tk)
+    kernels::causal_softmax(&scores, scale)?.matmul(v)
 }
 
 /// (B, T, C) → (B, H, T, D), contiguous.
@@ -123,25 +134,13 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     x.transpose(1, 2)?.reshape((b, t, h * d))
 }
 
-/// Summed cross-entropy in nats and the count of argmax hits.
-/// logits: (N, V), targets: (N,) u32 → two scalars (the loss keeps its gradient graph).
-pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let logits = logits.to_dtype(DType::F32)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
-    let loss_sum = picked.sum_all()?.neg()?;
-    let correct = logits
-        .argmax(D::Minus1)?
-        .eq(targets)?
-        .to_dtype(DType::F32)?
-        .sum_all()?;
-    Ok((loss_sum, correct))
-}
+pub use crate::kernels::cross_entropy_sum;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::init::ParamStore;
+    use candle_core::{DType, Device};
 
     #[test]
     fn layer_norm_normalises_and_trains_both_parameters() {

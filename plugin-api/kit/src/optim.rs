@@ -92,6 +92,11 @@ impl Optimizer {
 
     /// Applies one update; `grads[i]` belongs to parameter `i` (`None`: left unchanged).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_with(grads, lr, true)
+    }
+
+    /// `allow_fused: false` takes the tensor-op path every device has (tests compare the two).
+    fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64, allow_fused: bool) -> Result<()> {
         self.steps += 1;
         let c = &self.config;
         let t = self.steps as i32;
@@ -100,6 +105,13 @@ impl Optimizer {
             let theta = self.params[i].var.as_tensor();
             let wd = if self.decay[i] { c.weight_decay } else { 0.0 };
             let slots = &mut self.state[i];
+            if allow_fused
+                && c.optimizer == OptimizerKind::AdamW
+                && fused::applies(&[theta, g, &slots[0], &slots[1]])
+            {
+                fused::adamw(theta, g, &slots[0], &slots[1], c, lr, wd, t)?;
+                continue;
+            }
             let updated = match c.optimizer {
                 // Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2.
                 OptimizerKind::AdamW => {
@@ -176,6 +188,144 @@ impl Optimizer {
     }
 }
 
+/// AdamW on the CPU in three in-place passes and no allocation, instead of a dozen tensor ops
+/// with a fresh buffer each: the same arithmetic as the generic path above.
+mod fused {
+    use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+    use rayon::prelude::*;
+
+    use super::OptimConfig;
+
+    const CHUNK: usize = 1 << 14;
+
+    pub fn applies(tensors: &[&Tensor]) -> bool {
+        tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        theta: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        c: &OptimConfig,
+        lr: f64,
+        wd: f64,
+        t: i32,
+    ) -> Result<()> {
+        m.inplace_op2(
+            g,
+            &Moment {
+                decay: c.beta1 as f32,
+                square: false,
+            },
+        )?;
+        v.inplace_op2(
+            g,
+            &Moment {
+                decay: c.beta2 as f32,
+                square: true,
+            },
+        )?;
+        theta.inplace_op3(
+            m,
+            v,
+            &Update {
+                keep: (1.0 - lr * wd) as f32,
+                step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+                inv_sqrt_bias2: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
+                eps: c.eps as f32,
+            },
+        )
+    }
+
+    fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
+        Ok(&s.as_slice::<f32>()?[a..b])
+    }
+
+    fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
+        match s {
+            CpuStorage::F32(v) => Ok(&mut v[a..b]),
+            _ => candle_core::bail!("adamw: expected f32"),
+        }
+    }
+
+    /// `s ← decay · s + (1 − decay) · g` (or `g²`).
+    struct Moment {
+        decay: f32,
+        square: bool,
+    }
+
+    impl InplaceOp2 for Moment {
+        fn name(&self) -> &'static str {
+            "adamw-moment"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<()> {
+            let (s, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
+            let (a, b) = (self.decay, 1.0 - self.decay);
+            s.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(s, g)| {
+                    for (s, &g) in s.iter_mut().zip(g) {
+                        *s = a * *s + b * if self.square { g * g } else { g };
+                    }
+                });
+            Ok(())
+        }
+    }
+
+    /// `θ ← keep · θ − step_size · m / (√v / √(1 − β2ᵗ) + eps)`.
+    struct Update {
+        keep: f32,
+        step_size: f32,
+        inv_sqrt_bias2: f32,
+        eps: f32,
+    }
+
+    impl InplaceOp3 for Update {
+        fn name(&self) -> &'static str {
+            "adamw-update"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let (theta, m, v) = (slice_mut(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+            theta
+                .par_chunks_mut(CHUNK)
+                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+                .for_each(|(theta, (m, v))| {
+                    for ((p, &m), &v) in theta.iter_mut().zip(m).zip(v) {
+                        *p = self.keep * *p
+                            - self.step_size * m / (v.sqrt() * self.inv_sqrt_bias2 + self.eps);
+                    }
+                });
+            Ok(())
+        }
+    }
+}
+
 fn with_l2(g: &Tensor, theta: &Tensor, wd: f64) -> Result<Tensor> {
     if wd == 0.0 {
         Ok(g.clone())
@@ -221,6 +371,13 @@ mod tests {
     const GRADS: [[f64; 3]; 3] = [[0.1, -0.2, 0.3], [0.05, 0.4, -0.1], [-0.3, 0.2, 0.0]];
 
     fn run(config: &OptimConfig, name: &str, lr: f64) -> Vec<f64> {
+        let fused = run_with(config, name, lr, true);
+        let generic = run_with(config, name, lr, false);
+        close(&fused, &generic);
+        fused
+    }
+
+    fn run_with(config: &OptimConfig, name: &str, lr: f64, allow_fused: bool) -> Vec<f64> {
         let store = ParamStore::new(0);
         let vb = store.var_builder(DType::F32, &Device::Cpu);
         vb.get_with_hints(3, name, Init::Const(0.0)).unwrap();
@@ -231,7 +388,7 @@ mod tests {
         let mut opt = Optimizer::new(config, p.clone()).unwrap();
         for g in GRADS {
             let g = Tensor::new(&g.map(|x| x as f32), &Device::Cpu).unwrap();
-            opt.step(&[Some(g)], lr).unwrap();
+            opt.step_with(&[Some(g)], lr, allow_fused).unwrap();
         }
         p[0].var
             .as_tensor()
