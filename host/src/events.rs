@@ -51,29 +51,33 @@ pub fn emit(event: &Event) {
 /// The orchestrator's view of one arm's events.
 pub struct ArmView {
     arm: String,
+    /// Whether to draw a bar (stderr is a terminal); the bar itself starts with the run.
+    interactive: bool,
     bar: Option<ProgressBar>,
 }
 
 impl ArmView {
     pub fn new(arm: &str) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(arm.to_owned());
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
         Self {
             arm: arm.to_owned(),
-            bar,
+            interactive: std::io::stderr().is_terminal(),
+            bar: None,
         }
     }
 
-    pub fn show(&self, event: &Event) {
+    fn start_bar(&mut self, steps: u64) {
+        let bar = ProgressBar::new(steps);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(self.arm.clone());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+    }
+
+    pub fn show(&mut self, event: &Event) {
         match event {
             Event::Started {
                 params_train,
@@ -87,8 +91,8 @@ impl ArmView {
                     human(*params_train as f64),
                     human(*params_prod as f64)
                 ));
-                if let Some(bar) = &self.bar {
-                    bar.set_length(*steps);
+                if self.interactive {
+                    self.start_bar(*steps);
                 }
             }
             Event::Progress {

@@ -114,57 +114,19 @@ fn exit_description(status: &std::process::ExitStatus) -> String {
     format!("exit status {}", status.code().unwrap_or(-1))
 }
 
-pub fn run(plan: &RunPlan) -> Result<bool> {
-    // 1. Configs: the experiment through a probe process, the baseline in-process.
-    let baseline_desc = PluginDescription::builtin();
-    let experiment = match &plan.source {
-        PluginSource::Builtin => None,
-        source => Some(probe(source, &plan.request)?),
-    };
-    let with_baseline = experiment.is_none() || !plan.no_baseline;
-    let baseline_request = Request {
-        variant: None,
-        ..plan.request.clone()
-    };
-    let baseline = if with_baseline {
-        if plan.request.variant.is_some() && experiment.is_none() {
-            bail!("the built-in baseline has no variants");
-        }
-        let (mut config, unknown) = resolve_arm(&baseline_desc, &baseline_request)?;
-        config.model = Plugin::builtin()
-            .resolve_model_config(&config.model)
-            .map_err(|e| anyhow::anyhow!("baseline {e}"))?;
-        Some((config, unknown))
-    } else {
-        None
-    };
-    // A key is an error only when no arm declares it.
-    let unknown_everywhere: Vec<&String> = plan
-        .request
-        .overrides
-        .iter()
-        .map(|o| &o.key)
-        .filter(|k| {
-            experiment.as_ref().is_none_or(|e| e.unknown.contains(k))
-                && baseline.as_ref().is_none_or(|(_, u)| u.contains(k))
-        })
-        .collect();
-    if let Some(key) = unknown_everywhere.first() {
-        let mut fields = RunConfig::fields();
-        fields.extend(baseline_desc.fields.iter().cloned());
-        if let Some(e) = &experiment {
-            fields.extend(e.description.fields.iter().cloned());
-        }
-        return Err(unknown_key_error(key, &fields.iter().collect::<Vec<_>>()));
-    }
+/// One arm with its resolved config, before its run folder exists.
+struct PlannedArm {
+    arm: Arm,
+    label: String,
+    description: PluginDescription,
+    source: PluginSource,
+    request: Request,
+    config: ArmConfig,
+}
 
-    // 2. Data, prepared once for both arms (data settings are host knobs, equal in both).
-    let any_config = baseline
-        .as_ref()
-        .map(|b| &b.0)
-        .or(experiment.as_ref().map(|e| &e.config))
-        .expect("at least one arm");
-    let run_config = any_config.run_config()?;
+pub fn run(plan: &RunPlan) -> Result<bool> {
+    let planned = resolve_arms(plan)?;
+    let run_config = planned[0].config.run_config()?;
     check_device(&run_config.device)?;
     let data = PreparedData::prepare(&run_config.data_settings(), &plan.cache_dir)
         .with_context(|| format!("cannot prepare dataset `{}`", run_config.dataset))?;
@@ -174,9 +136,116 @@ pub fn run(plan: &RunPlan) -> Result<bool> {
         total_tokens: run_config.tokens_per_step() * run_config.steps,
         vocab_size: data.manifest.vocab_size,
     };
+    print_plan(&run_config, &data, &derived);
+    let mut arms = create_runs(plan, planned, &data, &derived)?;
+    let mut all_ok = true;
+    for arm in arms.iter_mut().filter(|a| !a.reused) {
+        all_ok &= train_arm(arm)?;
+    }
+    print_summary(&arms);
+    Ok(all_ok)
+}
+
+/// Both arms' configs: the experiment's through a probe process, the baseline's in-process.
+/// An override is an error only when no arm declares it; the arms must share data and budget.
+fn resolve_arms(plan: &RunPlan) -> Result<Vec<PlannedArm>> {
+    let experiment = match &plan.source {
+        PluginSource::Builtin => None,
+        source => Some(probe(source, &plan.request)?),
+    };
+    if experiment.is_none() && plan.request.variant.is_some() {
+        bail!("the built-in baseline has no variants");
+    }
+    let mut arms = Vec::new();
+    let mut unknown_per_arm = Vec::new();
+    if experiment.is_none() || !plan.no_baseline {
+        let description = PluginDescription::builtin();
+        let request = Request {
+            variant: None,
+            ..plan.request.clone()
+        };
+        let (mut config, unknown) = resolve_arm(&description, &request)?;
+        config.model = Plugin::builtin()
+            .resolve_model_config(&config.model)
+            .map_err(|e| anyhow::anyhow!("baseline {e}"))?;
+        unknown_per_arm.push(unknown);
+        arms.push(PlannedArm {
+            arm: Arm::Baseline,
+            label: "baseline".into(),
+            description,
+            source: PluginSource::Builtin,
+            request,
+            config,
+        });
+    }
+    if let Some(Probed {
+        description,
+        config,
+        unknown,
+    }) = experiment
+    {
+        unknown_per_arm.push(unknown);
+        arms.push(PlannedArm {
+            arm: Arm::Experiment,
+            label: description.name.clone(),
+            description,
+            source: plan.source.clone(),
+            request: plan.request.clone(),
+            config,
+        });
+    }
+    if let Some(key) = plan
+        .request
+        .overrides
+        .iter()
+        .map(|o| &o.key)
+        .find(|k| unknown_per_arm.iter().all(|u| u.contains(k)))
+    {
+        let mut fields = RunConfig::fields();
+        for a in &arms {
+            fields.extend(a.description.fields.iter().cloned());
+        }
+        return Err(unknown_key_error(key, &fields.iter().collect::<Vec<_>>()));
+    }
+    if let [a, b] = &arms[..] {
+        check_same_footing(a, b)?;
+    }
+    Ok(arms)
+}
+
+/// A fair comparison: the same data, seed and token budget in both arms (a variant may change,
+/// say, the learning rate, but not these).
+fn check_same_footing(a: &PlannedArm, b: &PlannedArm) -> Result<()> {
+    const SHARED: &[&str] = &[
+        "dataset",
+        "vocab_size",
+        "val_fraction",
+        "split_seed",
+        "seed",
+        "steps",
+        "batch_size",
+        "context_length",
+        "eval_windows",
+    ];
+    for key in SHARED {
+        if a.config.run.get(*key) != b.config.run.get(*key) {
+            bail!(
+                "{key} differs between the arms ({}: {}, {}: {}); both arms must share data, seed and budget",
+                a.label,
+                a.config.run.get(*key).unwrap_or(&serde_json::Value::Null),
+                b.label,
+                b.config.run.get(*key).unwrap_or(&serde_json::Value::Null)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The numbers derived once from the config, printed before anything trains.
+fn print_plan(c: &RunConfig, data: &PreparedData, derived: &Derived) {
     println!(
         "data:{} vocab:{} train_tokens:{} val_tokens:{} (held-out works: {})",
-        run_config.dataset,
+        c.dataset,
         derived.vocab_size,
         human(data.manifest.train_tokens as f64),
         human(data.manifest.val_tokens as f64),
@@ -185,76 +254,62 @@ pub fn run(plan: &RunPlan) -> Result<bool> {
     println!(
         "tokens per step will be {} = {} sequences × {} tokens ({} micro-batches of {}); {} steps = {} tokens per arm",
         derived.tokens_per_step,
-        run_config.batch_size,
-        run_config.context_length,
+        c.batch_size,
+        c.context_length,
         derived.accumulation,
-        run_config.micro_batch_size,
-        run_config.steps,
+        c.micro_batch_size,
+        c.steps,
         human(derived.total_tokens as f64)
     );
+}
 
-    // 3. One run folder per arm, written before anything trains.
+/// One run folder per arm, written before anything trains; a finished baseline with the same
+/// fingerprint is reused instead.
+fn create_runs(
+    plan: &RunPlan,
+    planned: Vec<PlannedArm>,
+    data: &PreparedData,
+    derived: &Derived,
+) -> Result<Vec<ArmRun>> {
     let store = RunStore::new(&plan.runs_dir);
     let data_record = DataRecord {
         cache_dir: data.dir.clone(),
         manifest: data.manifest.clone(),
     };
-    let mut arms = Vec::new();
-    if let Some((config, _)) = baseline {
+    let comparing = planned.len() > 1;
+    let mut runs = Vec::new();
+    for p in planned {
         let record = new_record(
-            Arm::Baseline,
-            &baseline_desc,
-            &PluginSource::Builtin,
-            &baseline_request,
-            config,
+            p.arm,
+            &p.description,
+            &p.source,
+            &p.request,
+            p.config,
             &data_record,
-            &derived,
+            derived,
         )?;
-        let reuse = (!plan.retrain_baseline && experiment.is_some())
+        let reuse = (p.arm == Arm::Baseline && comparing && !plan.retrain_baseline)
             .then(|| store.find_finished(&record.fingerprint))
             .flatten();
-        arms.push(match reuse {
+        runs.push(match reuse {
             Some((dir, record)) => {
-                println!("arm:baseline reusing {} (same config, data and host; --retrain-baseline trains it again)", dir.display());
-                ArmRun { label: "baseline".into(), dir, record, reused: true }
+                println!(
+                    "arm:baseline reusing {} (same config, data and host; --retrain-baseline trains it again)",
+                    dir.display()
+                );
+                ArmRun { label: p.label, dir, record, reused: true }
             }
-            None => create_arm(&store, "baseline", record)?,
+            None => create_arm(&store, &p.label, record)?,
         });
     }
-    if let Some(Probed {
-        description,
-        config,
-        ..
-    }) = &experiment
-    {
-        let record = new_record(
-            Arm::Experiment,
-            description,
-            &plan.source,
-            &plan.request,
-            config.clone(),
-            &data_record,
-            &derived,
-        )?;
-        arms.push(create_arm(&store, &description.name, record)?);
-    }
-
-    // 4. Train, one worker process per arm.
-    let mut all_ok = true;
-    for arm in &mut arms {
-        if !arm.reused {
-            all_ok &= train_arm(arm)?;
-        }
-    }
-    print_summary(&arms);
-    Ok(all_ok)
+    Ok(runs)
 }
 
+/// Refuses a device this build or this machine does not have, before anything is written.
 fn check_device(device: &str) -> Result<()> {
-    if device != "cpu" && !cfg!(feature = "cuda") {
-        bail!("device {device} needs CUDA, and this lmhost was built without it: rebuild with `cargo build --release --workspace --features lmhost/cuda`");
-    }
-    Ok(())
+    lmhost_kit::trainer::parse_device(device)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn new_record(
@@ -337,7 +392,7 @@ fn train_arm(arm: &mut ArmRun) -> Result<bool> {
         .stderr(Stdio::from(log))
         .spawn()
         .context("cannot start an lmhost worker process")?;
-    let view = ArmView::new(&arm.label);
+    let mut view = ArmView::new(&arm.label);
     let mut stopped = None;
     for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
         let Ok(line) = line else { break };
@@ -420,5 +475,41 @@ fn print_summary(arms: &[ArmRun]) {
                 a.record.status.as_str()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(label: &str, overrides: &[&str]) -> PlannedArm {
+        let description = PluginDescription::builtin();
+        let request = Request {
+            preset: "tiny".into(),
+            variant: None,
+            overrides: overrides.iter().map(|o| o.parse().unwrap()).collect(),
+        };
+        let (config, _) = resolve_arm(&description, &request).unwrap();
+        PlannedArm {
+            arm: Arm::Baseline,
+            label: label.into(),
+            description,
+            source: PluginSource::Builtin,
+            request,
+            config,
+        }
+    }
+
+    #[test]
+    fn arms_must_share_data_seed_and_budget() {
+        assert!(
+            check_same_footing(&planned("a", &["lr=1e-3"]), &planned("b", &["lr=3e-4"])).is_ok()
+        );
+        let err = check_same_footing(&planned("a", &[]), &planned("b", &["seed=2"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "seed differs between the arms (a: 1, b: 2); both arms must share data, seed and budget"
+        );
+        assert!(check_same_footing(&planned("a", &[]), &planned("b", &["steps=3"])).is_err());
     }
 }

@@ -66,6 +66,7 @@ pub struct HostRecord {
     pub cuda: bool,
     pub os: String,
     pub arch: String,
+    pub cpu_model: Option<String>,
     pub cpus: usize,
     /// How lmhost was invoked.
     pub command: Vec<String>,
@@ -78,12 +79,20 @@ impl HostRecord {
             cuda: cfg!(feature = "cuda"),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
+            cpu_model: cpu_model(),
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             command: std::env::args().collect(),
         }
     }
+}
+
+/// The processor's name, where the OS tells it (Linux: /proc/cpuinfo).
+fn cpu_model() -> Option<String> {
+    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_owned())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

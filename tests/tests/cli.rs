@@ -75,3 +75,15 @@ fn a_crate_folder_is_built_and_installed_then_run() {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].record["plugin"]["name"], "value_norm");
 }
+
+#[test]
+fn the_readme_plugin_is_the_one_the_kit_compiles() {
+    // The kit's doc test compiles docs/example_plugin.rs; the README must show that same code.
+    let root = &built().workspace_root;
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("docs/example_plugin.rs")).unwrap();
+    assert!(
+        readme.contains(&example),
+        "README.md's plugin differs from docs/example_plugin.rs"
+    );
+}

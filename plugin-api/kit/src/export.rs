@@ -232,7 +232,7 @@ fn to_plugin_error(e: KitError) -> PluginError {
         KitError::State(_) => ErrorKind::State,
         KitError::Candle(_) => ErrorKind::Runtime,
     };
-    PluginError::new(kind, e.to_string())
+    PluginError::new(kind, crate::trainer::first_line(&e.to_string()))
 }
 
 #[cfg(test)]

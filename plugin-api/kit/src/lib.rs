@@ -5,6 +5,12 @@
 //! the host's built-in baseline: seeded initialisation ([`init`]), layers with working gradients
 //! ([`nn`]), optimisers with checkpointable state ([`optim`]), the training step and state files
 //! ([`trainer`]), and the ABI adapter with its panic guard ([`export`]).
+//!
+//! A whole plugin (the README shows the same code):
+//!
+//! ```
+#![doc = include_str!("../../../docs/example_plugin.rs")]
+//! ```
 
 pub mod config;
 pub mod experiment;

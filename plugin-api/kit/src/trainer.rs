@@ -80,7 +80,17 @@ pub fn parse_device(name: &str) -> Result<Device> {
              `cargo build --release --workspace --features lmhost/cuda`"
         )));
     }
-    Ok(Device::new_cuda(ordinal)?)
+    Device::new_cuda(ordinal).map_err(|e| {
+        KitError::Config(format!(
+            "device {name} is not available: {}",
+            first_line(&e.to_string())
+        ))
+    })
+}
+
+/// candle's errors carry a backtrace after their first line when `RUST_BACKTRACE` is set.
+pub fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or("").trim()
 }
 
 pub fn parse_dtype(name: &str) -> Result<DType> {
