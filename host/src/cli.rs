@@ -36,6 +36,8 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Compare runs: HTML, Markdown and JSON reports, plots of the losses and their difference to the baseline.
+    Compare(crate::report_cmd::CompareArgs),
     /// List the plugins under plugins/ and the built-in baseline.
     List,
     /// What a plugin does: its description, variants and every config key.
@@ -216,6 +218,7 @@ fn dispatch(command: Command) -> Result<bool> {
                 no_baseline: false,
             })
         }
+        Command::Compare(args) => crate::report_cmd::compare_command(&args),
         Command::List => list(),
         Command::Describe { plugin } => describe(&plugin),
         Command::Bench(args) => {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod memory;
 pub mod orchestrate;
 pub mod plugin;
+pub mod report_cmd;
 pub mod run_store;
 pub mod schedule;
 pub mod train;

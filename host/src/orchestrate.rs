@@ -143,6 +143,15 @@ pub fn run(plan: &RunPlan) -> Result<bool> {
         all_ok &= train_arm(arm)?;
     }
     print_summary(&arms);
+    let dirs: Vec<PathBuf> = arms.iter().map(|a| a.dir.clone()).collect();
+    let name = arms.last().map(|a| a.record.id.clone()).unwrap_or_default();
+    match crate::report_cmd::report_after_run(&dirs, &name) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => eprintln!(
+            "note: no report written: {}",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        ),
+    }
     Ok(all_ok)
 }
 

@@ -1,6 +1,18 @@
 //! Reports for lmhost: the Arrow stats schema every run writes ([`stats`]), its writer
-//! ([`StatsWriter`]) and a reader that keeps what a killed run flushed ([`read_stats`]).
+//! ([`StatsWriter`]) and a reader that keeps what a killed run flushed ([`read_stats`]), and the
+//! comparison of runs: replicates grouped and tested against the baseline ([`Comparison`]), and
+//! written out as an HTML page, Markdown tables, JSON numbers and SVG/PNG plots
+//! ([`write_report`]).
 
+pub mod compare;
+pub mod plot;
+pub mod png;
+pub mod report;
+pub mod runs;
+pub mod statistics;
 pub mod stats;
 
+pub use compare::{Band, CompareOptions, Comparison, Summary, XAxis};
+pub use report::{write_report, ReportFiles};
+pub use runs::{ReportError, Run};
 pub use stats::{read_stats, Split, Stats, StatsError, StatsRow, StatsWriter};

@@ -1,0 +1,529 @@
+//! The analysis behind a report: runs grouped into replicates (the same plugin, variant and
+//! config but the seed), the baseline found, curves averaged across seeds, and the final
+//! validation loss of each group tested against the baseline's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runs::{ReportError, Run};
+use crate::statistics::{self, ema_debiased, interpolate, TTest};
+use crate::stats::{Split, StatsRow};
+
+/// What the x axis counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XAxis {
+    Tokens,
+    Step,
+    Time,
+}
+
+impl XAxis {
+    pub fn label(self) -> &'static str {
+        match self {
+            XAxis::Tokens => "tokens seen",
+            XAxis::Step => "step",
+            XAxis::Time => "wall time (s)",
+        }
+    }
+
+    fn of(self, row: &StatsRow) -> f64 {
+        match self {
+            XAxis::Tokens => row.tokens as f64,
+            XAxis::Step => row.step as f64,
+            XAxis::Time => row.wall_s,
+        }
+    }
+
+    /// Tokens and steps span decades: drawn on a log axis.
+    pub fn log(self) -> bool {
+        self != XAxis::Time
+    }
+}
+
+/// The band drawn around a mean across seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Band {
+    /// Mean ± one standard deviation.
+    Std,
+    MinMax,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// A run of the baseline group; by default the one group of `baseline` runs.
+    pub baseline: Option<PathBuf>,
+    pub x: XAxis,
+    pub band: Band,
+    /// EMA strength β in [0, 1) for training curves (0: no smoothing).
+    pub smoothing: f64,
+    /// Compare runs with different tokenizers or validation sets anyway.
+    pub force: bool,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        Self {
+            baseline: None,
+            x: XAxis::Tokens,
+            band: Band::Std,
+            smoothing: 0.8,
+            force: false,
+        }
+    }
+}
+
+/// (x, y) points of one curve.
+pub type Points = Vec<(f64, f64)>;
+
+/// One run's points of a metric: as logged, and as drawn (smoothed when the metric is).
+struct RunSeries {
+    raw: Points,
+    shown: Points,
+}
+
+/// What a curve shows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Metric {
+    ValLoss,
+    TrainLoss,
+    ValAccuracy,
+    LearningRate,
+    GradNorm,
+    /// A plugin's extra metric, by name.
+    Extra(String),
+}
+
+impl Metric {
+    pub fn title(&self) -> String {
+        match self {
+            Metric::ValLoss => "validation loss (nats/token)".into(),
+            Metric::TrainLoss => "training loss (nats/token)".into(),
+            Metric::ValAccuracy => "validation accuracy".into(),
+            Metric::LearningRate => "learning rate".into(),
+            Metric::GradNorm => "gradient norm (before clipping)".into(),
+            Metric::Extra(name) => name.clone(),
+        }
+    }
+
+    /// Per-step training series are noisy and get the EMA; evaluations are not smoothed.
+    fn smoothed(&self) -> bool {
+        !matches!(
+            self,
+            Metric::ValLoss | Metric::ValAccuracy | Metric::LearningRate
+        )
+    }
+
+    fn value(&self, row: &StatsRow) -> Option<f64> {
+        match (self, row.split, row.metric.as_deref()) {
+            (Metric::ValLoss, Split::Val, None) => row.loss,
+            (Metric::ValAccuracy, Split::Val, None) => row.accuracy,
+            (Metric::TrainLoss, Split::Train, None) => row.loss,
+            (Metric::LearningRate, Split::Train, None) => row.lr,
+            (Metric::GradNorm, Split::Train, None) => row.grad_norm,
+            (Metric::Extra(name), _, Some(m)) if m == name => row.value,
+            _ => None,
+        }
+    }
+}
+
+/// Replicates: runs that differ only by seed.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub label: String,
+    pub runs: Vec<Run>,
+    /// The group's config without the seed.
+    pub config: BTreeMap<String, Value>,
+}
+
+impl Group {
+    pub fn seeds(&self) -> Vec<u64> {
+        self.runs.iter().map(|r| r.seed).collect()
+    }
+
+    /// Each run's last validation loss (runs that never evaluated are left out).
+    pub fn final_val_losses(&self) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| r.final_val().map(|v| v.0))
+            .collect()
+    }
+}
+
+/// A curve averaged over a group's runs, with its band and each run's raw points.
+#[derive(Debug, Clone, Default)]
+pub struct GroupCurve {
+    /// (x, mean, band low, band high).
+    pub mean: Vec<(f64, f64, f64, f64)>,
+    /// Each run's unsmoothed points.
+    pub raw: Vec<Points>,
+}
+
+/// A group's final validation loss against the baseline's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub label: String,
+    pub n: usize,
+    pub seeds: Vec<u64>,
+    pub val_loss_mean: f64,
+    pub val_loss_std: f64,
+    pub val_accuracy_mean: f64,
+    pub is_baseline: bool,
+    /// `paired` (seeds match) or `welch`.
+    pub test: Option<&'static str>,
+    pub difference: Option<f64>,
+    pub ci95: Option<(f64, f64)>,
+    pub p_value: Option<f64>,
+    /// Why there is no test, in words.
+    pub verdict: String,
+}
+
+pub struct Comparison {
+    pub groups: Vec<Group>,
+    pub baseline: Option<usize>,
+    pub options: CompareOptions,
+    /// Things the reader must know, said once at the top of the report.
+    pub notes: Vec<String>,
+}
+
+impl Comparison {
+    pub fn new(runs: Vec<Run>, options: CompareOptions) -> Result<Self, ReportError> {
+        if runs.is_empty() {
+            return Err(ReportError::Usage("no runs to compare".into()));
+        }
+        let mut notes: Vec<String> = runs
+            .iter()
+            .flat_map(|r| r.notes.iter().map(move |n| format!("{}: {n}", r.id)))
+            .collect();
+        let fingerprints = |r: &Run| {
+            [
+                ("tokenizers", r.tokenizer.clone()),
+                ("validation sets", r.val_set.clone()),
+            ]
+        };
+        for (i, (what, first)) in fingerprints(&runs[0]).into_iter().enumerate() {
+            if let Some(other) = runs.iter().find(|r| fingerprints(r)[i].1 != first) {
+                let message = format!(
+                    "{} and {} were measured with different {what}, so their losses are not comparable",
+                    runs[0].id, other.id
+                );
+                if !options.force {
+                    return Err(ReportError::Incomparable(format!(
+                        "{message}; pass --force to compare them anyway"
+                    )));
+                }
+                notes.push(format!("{message} (compared anyway: --force)"));
+            }
+        }
+        let groups = group_replicates(runs);
+        let baseline = find_baseline(&groups, &options, &mut notes)?;
+        Ok(Self {
+            groups,
+            baseline,
+            options,
+            notes,
+        })
+    }
+
+    /// Every extra metric any run logged, by name.
+    pub fn extra_metrics(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.runs)
+            .flat_map(|r| r.stats.rows.iter().filter_map(|row| row.metric.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// One run's points of a metric, smoothed first when the metric is a training series.
+    fn run_series(&self, run: &Run, metric: &Metric) -> RunSeries {
+        let raw: Points = run
+            .stats
+            .rows
+            .iter()
+            .filter_map(|row| metric.value(row).map(|y| (self.options.x.of(row), y)))
+            .filter(|(x, y)| y.is_finite() && (!self.options.x.log() || *x > 0.0))
+            .collect();
+        let shown = if metric.smoothed() && self.options.smoothing > 0.0 {
+            let ys: Vec<f64> = raw.iter().map(|p| p.1).collect();
+            raw.iter()
+                .zip(ema_debiased(&ys, self.options.smoothing))
+                .map(|(p, s)| (p.0, s))
+                .collect()
+        } else {
+            raw.clone()
+        };
+        RunSeries { raw, shown }
+    }
+
+    /// A group's mean curve of `metric` on the x values of its first run, with the band.
+    pub fn curve(&self, group: usize, metric: &Metric) -> GroupCurve {
+        let series: Vec<RunSeries> = self.groups[group]
+            .runs
+            .iter()
+            .map(|r| self.run_series(r, metric))
+            .collect();
+        let Some(grid) = series
+            .first()
+            .map(|s| s.shown.iter().map(|p| p.0).collect::<Vec<f64>>())
+        else {
+            return GroupCurve::default();
+        };
+        let mean = grid
+            .into_iter()
+            .filter_map(|x| {
+                let ys: Vec<f64> = series
+                    .iter()
+                    .filter_map(|s| interpolate(&s.shown, x))
+                    .collect();
+                (ys.len() == series.len()).then(|| {
+                    let m = statistics::mean(&ys);
+                    let (lo, hi) = match self.options.band {
+                        Band::Std => (m - statistics::std(&ys), m + statistics::std(&ys)),
+                        Band::MinMax => (
+                            ys.iter().copied().fold(f64::INFINITY, f64::min),
+                            ys.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                        ),
+                    };
+                    (x, m, lo, hi)
+                })
+            })
+            .collect();
+        GroupCurve {
+            mean,
+            raw: series.into_iter().map(|s| s.raw).collect(),
+        }
+    }
+
+    /// `group − baseline` of the mean curves, on the group's x values inside the baseline's range.
+    pub fn difference(&self, group: usize, metric: &Metric) -> Points {
+        let Some(b) = self.baseline else {
+            return Vec::new();
+        };
+        let base: Points = self
+            .curve(b, metric)
+            .mean
+            .iter()
+            .map(|p| (p.0, p.1))
+            .collect();
+        self.curve(group, metric)
+            .mean
+            .iter()
+            .filter_map(|p| interpolate(&base, p.0).map(|y| (p.0, p.1 - y)))
+            .collect()
+    }
+
+    /// The summary table: final validation loss per group, and its test against the baseline.
+    pub fn summaries(&self) -> Vec<Summary> {
+        self.groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let losses = g.final_val_losses();
+                let accuracies: Vec<f64> = g
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.final_val().map(|v| v.1))
+                    .collect();
+                let is_baseline = self.baseline == Some(i);
+                let mut s = Summary {
+                    label: g.label.clone(),
+                    n: losses.len(),
+                    seeds: g.seeds(),
+                    val_loss_mean: statistics::mean(&losses),
+                    val_loss_std: statistics::std(&losses),
+                    val_accuracy_mean: statistics::mean(&accuracies),
+                    is_baseline,
+                    test: None,
+                    difference: None,
+                    ci95: None,
+                    p_value: None,
+                    verdict: if is_baseline {
+                        "baseline".into()
+                    } else {
+                        String::new()
+                    },
+                };
+                if let (Some(b), false) = (self.baseline, is_baseline) {
+                    self.test_against(g, &self.groups[b], &mut s);
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn test_against(&self, group: &Group, base: &Group, s: &mut Summary) {
+        let (a, b) = (group.final_val_losses(), base.final_val_losses());
+        s.difference = Some(statistics::mean(&a) - statistics::mean(&b));
+        let by_seed = |g: &Group| -> BTreeMap<u64, f64> {
+            g.runs
+                .iter()
+                .filter_map(|r| r.final_val().map(|v| (r.seed, v.0)))
+                .collect()
+        };
+        let (sa, sb) = (by_seed(group), by_seed(base));
+        let paired_seeds = sa.len() == a.len() && sa.keys().eq(sb.keys());
+        let (test, outcome): (&'static str, Option<TTest>) = if paired_seeds {
+            (
+                "paired",
+                statistics::paired(
+                    &sa.values().copied().collect::<Vec<_>>(),
+                    &sb.values().copied().collect::<Vec<_>>(),
+                ),
+            )
+        } else {
+            ("welch", statistics::welch(&a, &b))
+        };
+        match outcome {
+            Some(t) => {
+                s.test = Some(test);
+                s.ci95 = Some(t.ci95);
+                s.p_value = Some(t.p);
+                s.verdict = if t.p < 0.05 {
+                    format!(
+                        "{} than the baseline (p = {:.3}, {test} t-test, n = {}/{})",
+                        if t.difference < 0.0 {
+                            "lower"
+                        } else {
+                            "higher"
+                        },
+                        t.p,
+                        a.len(),
+                        b.len()
+                    )
+                } else {
+                    format!(
+                        "no significant difference (p = {:.3}, {test} t-test, n = {}/{})",
+                        t.p,
+                        a.len(),
+                        b.len()
+                    )
+                };
+            }
+            None if a.len() < 2 || b.len() < 2 => {
+                s.verdict = format!("n too small to tell (n = {} vs {}): run at least 2 seeds per arm, better 3 or more", a.len(), b.len());
+            }
+            None => s.verdict = "the seeds gave identical losses: no spread to test against".into(),
+        }
+    }
+
+    /// Config keys whose values differ between groups, with each group's value.
+    pub fn config_diff(&self) -> Vec<(String, Vec<String>)> {
+        let keys: std::collections::BTreeSet<&String> =
+            self.groups.iter().flat_map(|g| g.config.keys()).collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let values: Vec<String> = self
+                    .groups
+                    .iter()
+                    .map(|g| g.config.get(k).map(short).unwrap_or_else(|| "—".into()))
+                    .collect();
+                values
+                    .iter()
+                    .any(|v| v != &values[0])
+                    .then(|| (k.clone(), values))
+            })
+            .collect()
+    }
+}
+
+/// A config value as a table shows it.
+pub fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Groups runs by (plugin, variant, config without the seed), in the order first seen; labels
+/// are `plugin/variant`, with the distinguishing keys added where two groups share a name.
+fn group_replicates(runs: Vec<Run>) -> Vec<Group> {
+    let mut groups: Vec<(String, BTreeMap<String, Value>, Vec<Run>)> = Vec::new();
+    for run in runs {
+        let mut config = run.config.clone();
+        config.remove("seed");
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == run.name() && g.1 == config)
+        {
+            Some(g) => g.2.push(run),
+            None => groups.push((run.name(), config, vec![run])),
+        }
+    }
+    let names: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    groups
+        .iter()
+        .map(|(name, config, runs)| {
+            let twins: Vec<&BTreeMap<String, Value>> = groups
+                .iter()
+                .filter(|g| &g.0 == name)
+                .map(|g| &g.1)
+                .collect();
+            let mut label = name.clone();
+            if names.iter().filter(|n| *n == name).count() > 1 {
+                for (k, v) in config {
+                    if twins.iter().any(|t| t.get(k) != Some(v)) {
+                        label.push_str(&format!(" {k}={}", short(v)));
+                    }
+                }
+            }
+            let mut runs = runs.clone();
+            runs.sort_by_key(|r| r.seed);
+            Group {
+                label,
+                runs,
+                config: config.clone(),
+            }
+        })
+        .collect()
+}
+
+fn find_baseline(
+    groups: &[Group],
+    options: &CompareOptions,
+    notes: &mut Vec<String>,
+) -> Result<Option<usize>, ReportError> {
+    if let Some(dir) = &options.baseline {
+        let id = dir.canonicalize().unwrap_or(dir.clone());
+        return groups
+            .iter()
+            .position(|g| {
+                g.runs
+                    .iter()
+                    .any(|r| r.dir.canonicalize().unwrap_or(r.dir.clone()) == id)
+            })
+            .map(Some)
+            .ok_or_else(|| {
+                ReportError::Usage(format!(
+                    "--baseline {} is not one of the runs compared; add it to the list",
+                    dir.display()
+                ))
+            });
+    }
+    let baselines: Vec<usize> = (0..groups.len())
+        .filter(|&i| groups[i].runs.iter().all(|r| r.arm == "baseline"))
+        .collect();
+    match baselines[..] {
+        [one] => Ok(Some(one)),
+        [] => {
+            notes
+                .push("no baseline run among these; pass --baseline RUN to see differences".into());
+            Ok(None)
+        }
+        _ => {
+            notes.push(format!(
+                "{} baseline configurations ({}); pass --baseline RUN to choose the one to compare against",
+                baselines.len(),
+                baselines.iter().map(|&i| groups[i].label.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Writing a comparison out: `report.html` (one self-contained page, inline SVG, no network),
+//! `report.md` (the same tables for a paper draft or an issue), `report.json` (every number at
+//! full precision) and each plot as `.svg` and `.png`. The output depends only on the runs and
+//! the options, so the same inputs give the same files.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::compare::{Comparison, Metric, Summary};
+use crate::plot::{escape, Figure, Series, PALETTE};
+use crate::runs::{ReportError, Run};
+
+/// What a report wrote.
+#[derive(Debug, Clone)]
+pub struct ReportFiles {
+    pub dir: PathBuf,
+    pub html: PathBuf,
+    pub markdown: PathBuf,
+    pub json: PathBuf,
+    pub plots: Vec<PathBuf>,
+}
+
+/// Writes the report into `dir` (created if needed).
+pub fn write_report(c: &Comparison, dir: &Path) -> Result<ReportFiles, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let figures = figures(c);
+    let mut plots = Vec::new();
+    for (slug, figure) in &figures {
+        let svg = figure.to_svg();
+        let svg_path = dir.join(format!("{slug}.svg"));
+        std::fs::write(&svg_path, &svg).map_err(|e| io(&svg_path, e))?;
+        let png = crate::png::render(&svg, 2.0)
+            .map_err(|e| ReportError::Usage(format!("cannot draw {slug}.png: {e}")))?;
+        let png_path = dir.join(format!("{slug}.png"));
+        std::fs::write(&png_path, png).map_err(|e| io(&png_path, e))?;
+        plots.extend([svg_path, png_path]);
+    }
+    let summaries = c.summaries();
+    let files = ReportFiles {
+        html: dir.join("report.html"),
+        markdown: dir.join("report.md"),
+        json: dir.join("report.json"),
+        dir: dir.to_owned(),
+        plots,
+    };
+    std::fs::write(&files.html, html(c, &summaries, &figures)).map_err(|e| io(&files.html, e))?;
+    std::fs::write(&files.markdown, markdown(c, &summaries, &figures))
+        .map_err(|e| io(&files.markdown, e))?;
+    let numbers =
+        serde_json::to_string_pretty(&numbers(c, &summaries)).expect("report numbers serialise");
+    std::fs::write(&files.json, numbers).map_err(|e| io(&files.json, e))?;
+    Ok(files)
+}
+
+fn io(path: &Path, e: std::io::Error) -> ReportError {
+    ReportError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+/// `value_norm/normv1_0 vs baseline`.
+pub fn title(c: &Comparison) -> String {
+    let others: Vec<&str> = c
+        .groups
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != c.baseline)
+        .map(|(_, g)| g.label.as_str())
+        .collect();
+    match (c.baseline, others.is_empty()) {
+        (Some(b), false) => format!("{} vs {}", others.join(", "), c.groups[b].label),
+        (Some(b), true) => c.groups[b].label.clone(),
+        (None, _) => others.join(", "),
+    }
+}
+
+/// Every plot of the report, with its file name.
+fn figures(c: &Comparison) -> Vec<(String, Figure)> {
+    let x_label = c.options.x.label().to_owned();
+    let figure = |title: String, y: &str, zero_line: bool, series: Vec<Series>| Figure {
+        title,
+        x_label: x_label.clone(),
+        y_label: y.to_owned(),
+        log_x: c.options.x.log(),
+        zero_line,
+        series,
+    };
+    let mut out = vec![(
+        "val_loss".into(),
+        figure(
+            Metric::ValLoss.title(),
+            "nats/token",
+            false,
+            curves(c, &Metric::ValLoss),
+        ),
+    )];
+    if c.baseline.is_some() && c.groups.len() > 1 {
+        out.push((
+            "val_loss_vs_baseline".into(),
+            figure(
+                "validation loss − baseline".into(),
+                "Δ nats/token",
+                true,
+                differences(c, &Metric::ValLoss),
+            ),
+        ));
+    }
+    let smoothed = if c.options.smoothing > 0.0 {
+        format!(" (EMA {})", c.options.smoothing)
+    } else {
+        String::new()
+    };
+    out.push((
+        "train_loss".into(),
+        figure(
+            format!("{}{smoothed}", Metric::TrainLoss.title()),
+            "nats/token",
+            false,
+            curves(c, &Metric::TrainLoss),
+        ),
+    ));
+    if c.baseline.is_some() && c.groups.len() > 1 {
+        out.push((
+            "train_loss_vs_baseline".into(),
+            figure(
+                format!("training loss − baseline{smoothed}"),
+                "Δ nats/token",
+                true,
+                differences(c, &Metric::TrainLoss),
+            ),
+        ));
+    }
+    out.push((
+        "val_accuracy".into(),
+        figure(
+            Metric::ValAccuracy.title(),
+            "fraction",
+            false,
+            curves(c, &Metric::ValAccuracy),
+        ),
+    ));
+    out.push((
+        "lr".into(),
+        figure(
+            Metric::LearningRate.title(),
+            "lr",
+            false,
+            curves(c, &Metric::LearningRate),
+        ),
+    ));
+    out.push((
+        "grad_norm".into(),
+        figure(
+            format!("{}{smoothed}", Metric::GradNorm.title()),
+            "L2 norm",
+            false,
+            curves(c, &Metric::GradNorm),
+        ),
+    ));
+    for name in c.extra_metrics() {
+        let metric = Metric::Extra(name.clone());
+        let slug = format!(
+            "metric_{}",
+            name.chars()
+                .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+                .collect::<String>()
+        );
+        out.push((
+            slug,
+            figure(
+                format!("{name}{smoothed}"),
+                &name,
+                false,
+                curves(c, &metric),
+            ),
+        ));
+    }
+    out.retain(|(_, f)| !f.is_empty());
+    out
+}
+
+fn curves(c: &Comparison, metric: &Metric) -> Vec<Series> {
+    c.groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let curve = c.curve(i, metric);
+            Series {
+                label: format!("{} (n={})", g.label, g.runs.len()),
+                color: PALETTE[i % PALETTE.len()].into(),
+                line: curve.mean.iter().map(|p| (p.0, p.1)).collect(),
+                band: if g.runs.len() > 1 {
+                    curve.mean.iter().map(|p| (p.0, p.2, p.3)).collect()
+                } else {
+                    Vec::new()
+                },
+                raw: curve.raw,
+            }
+        })
+        .collect()
+}
+
+fn differences(c: &Comparison, metric: &Metric) -> Vec<Series> {
+    (0..c.groups.len())
+        .filter(|&i| Some(i) != c.baseline)
+        .map(|i| Series {
+            label: c.groups[i].label.clone(),
+            color: PALETTE[i % PALETTE.len()].into(),
+            line: c.difference(i, metric),
+            ..Series::default()
+        })
+        .collect()
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+/// (header, rows) of the summary table.
+fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "group",
+        "n",
+        "seeds",
+        "final val loss",
+        "val accuracy",
+        "Δ vs baseline",
+        "95% CI",
+        "p",
+        "verdict",
+    ];
+    let rows = summaries
+        .iter()
+        .map(|s| {
+            vec![
+                s.label.clone(),
+                s.n.to_string(),
+                s.seeds
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!("{:.4} ± {:.4}", s.val_loss_mean, s.val_loss_std),
+                fmt(Some(s.val_accuracy_mean), 4),
+                s.difference
+                    .map(|d| format!("{d:+.4}"))
+                    .unwrap_or_else(|| "–".into()),
+                s.ci95
+                    .map(|(a, b)| format!("[{a:+.4}, {b:+.4}]"))
+                    .unwrap_or_else(|| "–".into()),
+                fmt(s.p_value, 3),
+                s.verdict.clone(),
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "run",
+        "group",
+        "seed",
+        "status",
+        "params (train/prod)",
+        "tokens",
+        "tokens/s",
+        "wall",
+        "final val loss",
+    ];
+    let count = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "–".into());
+    let rows = c
+        .groups
+        .iter()
+        .flat_map(|g| g.runs.iter().map(move |r| (g, r)))
+        .map(|(g, r): (_, &Run)| {
+            vec![
+                r.id.clone(),
+                g.label.clone(),
+                r.seed.to_string(),
+                r.status.clone(),
+                format!("{} / {}", count(r.params_train), count(r.params_prod)),
+                r.tokens().to_string(),
+                fmt(r.tokens_per_s, 0),
+                r.wall_s
+                    .map(|w| format!("{w:.0} s"))
+                    .unwrap_or_else(|| "–".into()),
+                fmt(r.final_val().map(|v| v.0), 4),
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+fn diff_table(c: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut header = vec!["key".to_owned()];
+    header.extend(c.groups.iter().map(|g| g.label.clone()));
+    let rows = c
+        .config_diff()
+        .into_iter()
+        .map(|(k, vs)| std::iter::once(k).chain(vs).collect())
+        .collect();
+    (header, rows)
+}
+
+fn md_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        header
+            .iter()
+            .map(|h| cell(h.as_ref()))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        " --- |".repeat(header.len())
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} |",
+            r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    out
+}
+
+fn html_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
+    let mut out = String::from("<table><thead><tr>");
+    for h in header {
+        let _ = write!(out, "<th>{}</th>", escape(h.as_ref()));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for r in rows {
+        out.push_str("<tr>");
+        for c in r {
+            let _ = write!(out, "<td>{}</td>", escape(c));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+fn settings_line(c: &Comparison) -> String {
+    format!(
+        "x axis: {}; band: {}; training curves smoothed with a de-biased EMA of strength {} (raw points faint behind); difference plots: group mean − baseline mean on the group's x values.",
+        c.options.x.label(),
+        match c.options.band {
+            crate::compare::Band::Std => "mean ± 1 std across seeds",
+            crate::compare::Band::MinMax => "min–max across seeds",
+        },
+        c.options.smoothing
+    )
+}
+
+fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
+    let (sh, sr) = summary_table(summaries);
+    let (rh, rr) = runs_table(c);
+    let (dh, dr) = diff_table(c);
+    let mut body = format!(
+        "<h1>{}</h1><p class=\"muted\">{}</p>",
+        escape(&title(c)),
+        escape(&settings_line(c))
+    );
+    if !c.notes.is_empty() {
+        body.push_str("<div class=\"notes\"><b>Read this first</b><ul>");
+        for n in &c.notes {
+            let _ = write!(body, "<li>{}</li>", escape(n));
+        }
+        body.push_str("</ul></div>");
+    }
+    let _ = write!(
+        body,
+        "<h2>Final validation loss</h2>{}",
+        html_table(&sh, &sr)
+    );
+    body.push_str("<h2>Curves</h2><div class=\"plots\">");
+    for (slug, f) in figures {
+        let _ = write!(body, "<figure id=\"{slug}\">{}</figure>", f.to_svg());
+    }
+    body.push_str("</div>");
+    if dr.is_empty() {
+        body.push_str(
+            "<h2>Config differences</h2><p>The groups differ only by plugin (and seeds).</p>",
+        );
+    } else {
+        let _ = write!(body, "<h2>Config differences</h2>{}", html_table(&dh, &dr));
+    }
+    let _ = write!(body, "<h2>Runs</h2>{}", html_table(&rh, &rr));
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
+        escape(&title(c))
+    )
+}
+
+const STYLE: &str = "body{font-family:-apple-system,'DejaVu Sans',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1600px;color:#222;padding:0 16px}\
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}.muted{color:#666;font-size:13px}\
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:left}th{background:#f4f4f4}\
+.notes{background:#fff7e0;border:1px solid #e8c860;padding:8px 12px;font-size:13px}\
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:8px}figure{margin:0}svg.plot{width:100%;height:auto}";
+
+fn markdown(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
+    let (sh, sr) = summary_table(summaries);
+    let (rh, rr) = runs_table(c);
+    let (dh, dr) = diff_table(c);
+    let mut md = format!("# {}\n\n{}\n\n", title(c), settings_line(c));
+    for n in &c.notes {
+        let _ = writeln!(md, "> **Note:** {n}\n");
+    }
+    let _ = write!(
+        md,
+        "## Final validation loss\n\n{}\n## Config differences\n\n",
+        md_table(&sh, &sr)
+    );
+    if dr.is_empty() {
+        md.push_str("The groups differ only by plugin (and seeds).\n\n");
+    } else {
+        let _ = writeln!(md, "{}", md_table(&dh, &dr));
+    }
+    let _ = write!(md, "## Runs\n\n{}\n## Plots\n\n", md_table(&rh, &rr));
+    for (slug, f) in figures {
+        let _ = writeln!(md, "![{}]({slug}.svg)", f.title);
+    }
+    md
+}
+
+fn numbers(c: &Comparison, summaries: &[Summary]) -> serde_json::Value {
+    json!({
+        "title": title(c),
+        "x_axis": c.options.x,
+        "band": c.options.band,
+        "smoothing": c.options.smoothing,
+        "notes": c.notes,
+        "summaries": summaries,
+        "config_diff": c.config_diff(),
+        "runs": c.groups.iter().flat_map(|g| g.runs.iter().map(move |r| json!({
+            "id": r.id,
+            "dir": r.dir,
+            "group": g.label,
+            "seed": r.seed,
+            "status": r.status,
+            "final_val_loss": r.final_val().map(|v| v.0),
+            "final_val_accuracy": r.final_val().map(|v| v.1),
+            "tokens": r.tokens(),
+        }))).collect::<Vec<_>>(),
+    })
+}
