@@ -80,10 +80,10 @@ impl Default for CompareOptions {
 /// (x, y) points of one curve.
 pub type Points = Vec<(f64, f64)>;
 
-/// One run's points of a metric: as logged, and as drawn (smoothed when the metric is).
+/// One run's points of a metric by step: (step, x, value as drawn), and the raw (x, value).
 struct RunSeries {
+    shown: Vec<(u64, f64, f64)>,
     raw: Points,
-    shown: Points,
 }
 
 /// What a curve shows.
@@ -244,46 +244,56 @@ impl Comparison {
 
     /// One run's points of a metric, smoothed first when the metric is a training series.
     fn run_series(&self, run: &Run, metric: &Metric) -> RunSeries {
-        let raw: Points = run
+        let rows: Vec<(u64, f64, f64)> = run
             .stats
             .rows
             .iter()
-            .filter_map(|row| metric.value(row).map(|y| (self.options.x.of(row), y)))
-            .filter(|(x, y)| y.is_finite() && (!self.options.x.log() || *x > 0.0))
+            .filter_map(|row| {
+                metric
+                    .value(row)
+                    .map(|y| (row.step, self.options.x.of(row), y))
+            })
+            .filter(|(_, x, y)| y.is_finite() && (!self.options.x.log() || *x > 0.0))
             .collect();
+        let raw = rows.iter().map(|r| (r.1, r.2)).collect();
         let shown = if metric.smoothed() && self.options.smoothing > 0.0 {
-            let ys: Vec<f64> = raw.iter().map(|p| p.1).collect();
-            raw.iter()
+            let ys: Vec<f64> = rows.iter().map(|r| r.2).collect();
+            rows.iter()
                 .zip(ema_debiased(&ys, self.options.smoothing))
-                .map(|(p, s)| (p.0, s))
+                .map(|(r, s)| (r.0, r.1, s))
                 .collect()
         } else {
-            raw.clone()
+            rows
         };
-        RunSeries { raw, shown }
+        RunSeries { shown, raw }
     }
 
-    /// A group's mean curve of `metric` on the x values of its first run, with the band.
+    /// A group's mean curve of `metric` with its band. Replicates share their steps, so they are
+    /// aligned by step (x is the runs' mean x there: the same tokens, a similar wall time); only
+    /// steps every run has logged are drawn.
     pub fn curve(&self, group: usize, metric: &Metric) -> GroupCurve {
         let series: Vec<RunSeries> = self.groups[group]
             .runs
             .iter()
             .map(|r| self.run_series(r, metric))
             .collect();
-        let Some(grid) = series
-            .first()
-            .map(|s| s.shown.iter().map(|p| p.0).collect::<Vec<f64>>())
-        else {
+        let Some(first) = series.first() else {
             return GroupCurve::default();
         };
-        let mean = grid
-            .into_iter()
-            .filter_map(|x| {
-                let ys: Vec<f64> = series
+        let by_step: Vec<BTreeMap<u64, (f64, f64)>> = series
+            .iter()
+            .map(|s| s.shown.iter().map(|&(step, x, y)| (step, (x, y))).collect())
+            .collect();
+        let mean = first
+            .shown
+            .iter()
+            .filter_map(|&(step, _, _)| {
+                let at: Vec<(f64, f64)> = by_step
                     .iter()
-                    .filter_map(|s| interpolate(&s.shown, x))
+                    .filter_map(|m| m.get(&step).copied())
                     .collect();
-                (ys.len() == series.len()).then(|| {
+                (at.len() == series.len()).then(|| {
+                    let (xs, ys): (Vec<f64>, Vec<f64>) = at.into_iter().unzip();
                     let m = statistics::mean(&ys);
                     let (lo, hi) = match self.options.band {
                         Band::Std => (m - statistics::std(&ys), m + statistics::std(&ys)),
@@ -292,7 +302,7 @@ impl Comparison {
                             ys.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                         ),
                     };
-                    (x, m, lo, hi)
+                    (statistics::mean(&xs), m, lo, hi)
                 })
             })
             .collect();
@@ -345,10 +355,10 @@ impl Comparison {
                     difference: None,
                     ci95: None,
                     p_value: None,
-                    verdict: if is_baseline {
-                        "baseline".into()
-                    } else {
-                        String::new()
+                    verdict: match (is_baseline, self.baseline) {
+                        (true, _) => "baseline".into(),
+                        (false, Some(_)) => String::new(),
+                        (false, None) => "no baseline to test against (pass --baseline RUN)".into(),
                     },
                 };
                 if let (Some(b), false) = (self.baseline, is_baseline) {
