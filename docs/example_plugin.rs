@@ -8,22 +8,29 @@ knobs! {
     }
 }
 
-/// The baseline's attention with sharper (or softer) scores.
+/// The baseline's attention with sharper (or softer) scores: softmax(s · q kᵀ / √D) v.
 pub struct SharpAttention {
     attn: CausalSelfAttention,
     sharpness: f64,
 }
 
-impl Module for SharpAttention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Attention for SharpAttention {
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (q, k, v) = self.attn.qkv(x)?; // (B, H, T, D) each
-        let y = nn::causal_attention(&q, &k, &v, self.attn.scale * self.sharpness)?;
-        self.attn.project(&y)
+        let q = (q * self.sharpness)?; // the idea
+        self.attn.attend(&q, &k, &v, cache)
     }
 }
 
-/// The kit's baseline GPT with that attention in every block.
-pub struct Sharp(Gpt<SharpAttention>);
+/// The parts the idea replaces: the attention of every block; the rest stays the baseline's.
+impl Recipe for SharpConfig {
+    fn attention(&self, _layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Attention>> {
+        let attn = CausalSelfAttention::new(self, spec, vb)?;
+        Ok(Box::new(SharpAttention { attn, sharpness: self.sharpness }))
+    }
+}
+
+pub struct Sharp(Gpt);
 
 impl Experiment for Sharp {
     type Config = SharpConfig;
@@ -36,14 +43,11 @@ impl Experiment for Sharp {
     }
 
     fn build(spec: &ModelSpec, config: &SharpConfig, vb: VarBuilder) -> Result<Self> {
-        let gpt = Gpt::with_attention(spec, vb, |_layer, vb| {
-            Ok(SharpAttention { attn: CausalSelfAttention::new(spec, vb)?, sharpness: config.sharpness })
-        })?;
-        Ok(Self(gpt))
+        Ok(Self(Gpt::new(config, spec, vb)?))
     }
 
-    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.0.forward(ids) // ids (B, T) → logits (B, T, V)
+    fn gpt(&self) -> Option<&Gpt> {
+        Some(&self.0) // forward, cached generation and export come from the kit
     }
 }
 

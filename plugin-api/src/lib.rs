@@ -16,7 +16,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RBox, RErr, ROption, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -220,6 +220,55 @@ pub trait TrainableModel {
     /// Extra metrics measured since the last call (may be empty).
     #[sabi(last_prefix_field)]
     fn extra_metrics(&mut self) -> RResult<RVec<Metric>, PluginError>;
+
+    // Added in 0.1.1. The default bodies answer for plugins built against 0.1.0.
+
+    /// Logits for every position of `batch` (its `cols` ids are all inputs, no target column):
+    /// `rows × cols × V` values, row-major.
+    fn logits(&mut self, batch: TokenBatch<'_>) -> RResult<RVec<f32>, PluginError> {
+        let _ = batch;
+        RErr(older_plugin("logits"))
+    }
+
+    /// Continues `prompt`; returns the new tokens.
+    fn generate(
+        &mut self,
+        prompt: RSlice<'_, u32>,
+        settings: GenerateSettings,
+    ) -> RResult<RVec<u32>, PluginError> {
+        let _ = (prompt, settings);
+        RErr(older_plugin("generate"))
+    }
+
+    /// Replaces the model's weights with a safetensors file named as its parameters (an export,
+    /// or prod weights loaded into the baseline); the optimiser is untouched.
+    fn load_weights(&mut self, weights: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        let _ = weights;
+        RErr(older_plugin("load_weights"))
+    }
+}
+
+fn older_plugin(call: &str) -> PluginError {
+    PluginError::new(
+        ErrorKind::Runtime,
+        format!("`{call}` needs a plugin built against plugin-api {API_VERSION} or later; rebuild it with `cargo build --release --workspace`"),
+    )
+}
+
+/// How to sample a continuation.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct GenerateSettings {
+    pub max_tokens: u32,
+    /// 0 is greedy.
+    pub temperature: f64,
+    /// 0 keeps every token.
+    pub top_k: u32,
+    /// 1 keeps every token.
+    pub top_p: f64,
+    pub seed: u64,
+    /// Stop after this token (e.g. end-of-text).
+    pub stop_token: ROption<u32>,
 }
 
 /// An owned model behind the ABI-stable trait object.

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::config::{KnobType, Knobs};
 use crate::gpt::{Gpt, ModelSpec};
 use crate::init::ParamStore;
+use crate::parts::{BaselineParts, KvCache, Named};
 
 /// One experiment: the baseline GPT with one idea changed.
 pub trait Experiment: Sized + 'static {
@@ -32,12 +33,38 @@ pub trait Experiment: Sized + 'static {
 
     fn build(spec: &ModelSpec, config: &Self::Config, vb: VarBuilder) -> Result<Self>;
 
-    /// ids: (B, T) u32 → logits: (B, T, V).
-    fn forward(&self, ids: &Tensor) -> Result<Tensor>;
+    /// The model, when it is the baseline GPT with some parts replaced (the usual case): the kit
+    /// then provides the forward pass, cached generation and the prod export.
+    fn gpt(&self) -> Option<&Gpt> {
+        None
+    }
 
-    /// The weights a user ships. By default, the training weights as they are.
-    fn prod_weights(&self, params: &ParamStore) -> Result<Vec<(String, Tensor)>> {
-        Ok(params.tensors())
+    /// ids: (B, T) u32 → logits: (B, T, V).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self.gpt() {
+            Some(gpt) => gpt.forward(ids),
+            None => candle_core::bail!("{}: implement `gpt` or `forward`", Self::NAME),
+        }
+    }
+
+    /// Logits of the new positions after the cached ones, for generation; `None` when the model
+    /// has no cache (generation then recomputes the whole window for every token).
+    fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Option<Tensor>> {
+        self.gpt()
+            .map(|gpt| gpt.forward_cached(ids, cache))
+            .transpose()
+    }
+
+    /// The weights a user ships: for a sacrificial experiment its parts in the baseline's
+    /// layout, otherwise the training weights as they are.
+    fn prod_weights(&self, params: &ParamStore) -> Result<Named> {
+        match (Self::SACRIFICIAL, self.gpt()) {
+            (true, Some(gpt)) => gpt.prod(),
+            (true, None) => {
+                candle_core::bail!("{} is sacrificial: implement `prod_weights`", Self::NAME)
+            }
+            (false, _) => Ok(params.tensors()),
+        }
     }
 
     /// Numbers to record beside the loss, measured since the last call.
@@ -84,10 +111,10 @@ impl Experiment for Baseline {
         against this model, trained on the same data, seed and token budget.";
 
     fn build(spec: &ModelSpec, _config: &Self::Config, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(Gpt::new(spec, vb)?))
+        Ok(Self(Gpt::new(&BaselineParts, spec, vb)?))
     }
 
-    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.0.forward(ids)
+    fn gpt(&self) -> Option<&Gpt> {
+        Some(&self.0)
     }
 }

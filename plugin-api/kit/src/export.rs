@@ -13,12 +13,13 @@ use abi_stable::{
     std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec},
 };
 use plugin_api::{
-    BatchStats, ConfigField, ErrorKind, Metric, ModelBox, ParamCounts, PluginError, PluginInfo,
-    PluginMod, PluginModRef, StepReport, StepSettings, TokenBatch, TrainableModel,
-    TrainableModel_TO, VariantInfo,
+    BatchStats, ConfigField, ErrorKind, GenerateSettings, Metric, ModelBox, ParamCounts,
+    PluginError, PluginInfo, PluginMod, PluginModRef, StepReport, StepSettings, TokenBatch,
+    TrainableModel, TrainableModel_TO, VariantInfo,
 };
 
 use crate::experiment::Experiment;
+use crate::generate::Sampling;
 use crate::trainer::{config_fields, KitError, ResolvedConfig, RunSpec, Trainer};
 
 /// The symbol abi_stable looks for in a plugin (`abi_stable::library::ROOT_MODULE_LOADER_NAME`;
@@ -192,6 +193,41 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
     fn param_counts(&self) -> ParamCounts {
         // Counting cannot fail for a model that was built; a failure reports zero counts.
         guard(|| self.0.param_counts()).unwrap_or_default()
+    }
+
+    fn logits(&mut self, batch: TokenBatch<'_>) -> RResult<RVec<f32>, PluginError> {
+        guard(|| {
+            Ok(self
+                .0
+                .logits(
+                    batch.ids.as_slice(),
+                    batch.rows as usize,
+                    batch.cols as usize,
+                )?
+                .into())
+        })
+    }
+
+    fn generate(
+        &mut self,
+        prompt: RSlice<'_, u32>,
+        settings: GenerateSettings,
+    ) -> RResult<RVec<u32>, PluginError> {
+        guard(|| {
+            let sampling = Sampling {
+                max_tokens: settings.max_tokens as usize,
+                temperature: settings.temperature,
+                top_k: settings.top_k as usize,
+                top_p: settings.top_p,
+                seed: settings.seed,
+                stop: settings.stop_token.into_option(),
+            };
+            Ok(self.0.generate(prompt.as_slice(), &sampling)?.into())
+        })
+    }
+
+    fn load_weights(&mut self, weights: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        guard(|| self.0.load_weights(weights.as_slice()))
     }
 
     fn extra_metrics(&mut self) -> RResult<RVec<Metric>, PluginError> {

@@ -8,13 +8,16 @@
 //!
 //! Shapes: `B` batch, `T` time, `C` width, `H` heads, `D = C/H` head size, `V` vocab, `L` layers.
 //!
-//! Plugins change one piece: [`Gpt::with_attention`] swaps the attention of every block, and each
-//! piece is public so an experiment can reuse the rest.
+//! Every part is built through a [`Recipe`]: the baseline's recipe builds these parts, an
+//! experiment's recipe replaces one of them and keeps the rest.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{self, LayerNorm};
+use crate::parts::{
+    Attention, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe, TokenEmbedding,
+};
 
 crate::knobs! {
     /// The size of the model; vocabulary and context length come from the run.
@@ -70,21 +73,26 @@ impl GptConfig {
 }
 
 /// Causal self-attention with one fused q/k/v projection.
-#[derive(Clone, Debug)]
 pub struct CausalSelfAttention {
-    pub c_attn: nn::Linear,
-    pub c_proj: nn::Linear,
+    pub c_attn: Box<dyn Dense>,
+    pub c_proj: Box<dyn Dense>,
     pub n_head: usize,
     /// 1/√D.
     pub scale: f64,
 }
 
 impl CausalSelfAttention {
-    pub fn new(spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
-        let c = spec.gpt.n_embd;
+    pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+        let (c, std) = (spec.gpt.n_embd, spec.gpt.init_std);
+        let dense = |out_dim, std| DenseSpec {
+            in_dim: c,
+            out_dim,
+            std,
+            bias: true,
+        };
         Ok(Self {
-            c_attn: nn::linear(c, 3 * c, spec.gpt.init_std, true, vb.pp("c_attn"))?,
-            c_proj: nn::linear(c, c, spec.residual_std(), true, vb.pp("c_proj"))?,
+            c_attn: recipe.dense(dense(3 * c, std), vb.pp("c_attn"))?,
+            c_proj: recipe.dense(dense(c, spec.residual_std()), vb.pp("c_proj"))?,
             n_head: spec.gpt.n_head,
             scale: 1.0 / (spec.head_size() as f64).sqrt(),
         })
@@ -100,113 +108,189 @@ impl CausalSelfAttention {
         Ok((q, k, v))
     }
 
-    /// Heads y: (B, H, T, D) → output projection (B, T, C).
-    pub fn project(&self, y: &Tensor) -> Result<Tensor> {
-        self.c_proj.forward(&nn::merge_heads(y)?)
+    /// `softmax(q kᵀ/√D + mask) v`, the keys and values first appended to `cache` when there is
+    /// one, then the heads merged and projected: (B, H, T, D) → (B, T, C).
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v)?,
+            None => (k.clone(), v.clone()),
+        };
+        let y = nn::causal_attention(q, &k, &v, self.scale)?;
+        self.c_proj.forward(&nn::merge_heads(&y)?)
+    }
+
+    /// `c_attn` and `c_proj` in the baseline's layout.
+    pub fn prod_projections(&self) -> Result<Named> {
+        Ok([self.c_attn.prod()?, self.c_proj.prod()?].concat())
     }
 }
 
-impl Module for CausalSelfAttention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Attention for CausalSelfAttention {
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x)?;
-        let y = nn::causal_attention(&q, &k, &v, self.scale)?;
-        self.project(&y)
+        self.attend(&q, &k, &v, cache)
+    }
+
+    fn prod(&self) -> Result<Named> {
+        self.prod_projections()
     }
 }
 
 /// C → 4C → GELU(erf) → C.
-#[derive(Clone, Debug)]
 pub struct Mlp {
-    pub c_fc: nn::Linear,
-    pub c_proj: nn::Linear,
+    pub c_fc: Box<dyn Dense>,
+    pub c_proj: Box<dyn Dense>,
 }
 
 impl Mlp {
-    pub fn new(spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+    pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
         let c = spec.gpt.n_embd;
         Ok(Self {
-            c_fc: nn::linear(c, 4 * c, spec.gpt.init_std, true, vb.pp("c_fc"))?,
-            c_proj: nn::linear(4 * c, c, spec.residual_std(), true, vb.pp("c_proj"))?,
+            c_fc: recipe.dense(
+                DenseSpec {
+                    in_dim: c,
+                    out_dim: 4 * c,
+                    std: spec.gpt.init_std,
+                    bias: true,
+                },
+                vb.pp("c_fc"),
+            )?,
+            c_proj: recipe.dense(
+                DenseSpec {
+                    in_dim: 4 * c,
+                    out_dim: c,
+                    std: spec.residual_std(),
+                    bias: true,
+                },
+                vb.pp("c_proj"),
+            )?,
         })
     }
-}
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.c_proj.forward(&nn::gelu(&self.c_fc.forward(x)?)?)
+    }
+
+    pub fn prod(&self) -> Result<Named> {
+        Ok([self.c_fc.prod()?, self.c_proj.prod()?].concat())
     }
 }
 
 /// Pre-LN block: `x += Attn(LN1(x)); x += MLP(LN2(x))`.
-#[derive(Clone, Debug)]
-pub struct Block<A = CausalSelfAttention> {
+pub struct Block {
     pub ln_1: LayerNorm,
-    pub attn: A,
+    pub attn: Box<dyn Attention>,
     pub ln_2: LayerNorm,
     pub mlp: Mlp,
 }
 
-impl<A: Module> Module for Block<A> {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?)?)?;
+impl Block {
+    pub fn new<R: Recipe + ?Sized>(
+        recipe: &R,
+        layer: usize,
+        spec: &ModelSpec,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let c = spec.gpt.n_embd;
+        Ok(Self {
+            ln_1: LayerNorm::new(c, true, vb.pp("ln_1"))?,
+            attn: recipe.attention(layer, spec, vb.pp("attn"))?,
+            ln_2: LayerNorm::new(c, true, vb.pp("ln_2"))?,
+            mlp: Mlp::new(recipe, spec, vb.pp("mlp"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, cache)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+    }
+
+    pub fn prod(&self) -> Result<Named> {
+        Ok([
+            self.ln_1.prod(),
+            self.attn.prod()?,
+            self.ln_2.prod(),
+            self.mlp.prod()?,
+        ]
+        .concat())
     }
 }
 
 /// The whole model: ids (B, T) → logits (B, T, V).
-#[derive(Clone, Debug)]
-pub struct Gpt<A = CausalSelfAttention> {
-    pub wte: candle_nn::Embedding,
-    pub wpe: candle_nn::Embedding,
-    pub h: Vec<Block<A>>,
+pub struct Gpt {
+    pub wte: Box<dyn TokenEmbedding>,
+    pub wpe: nn::Embedding,
+    pub h: Vec<Block>,
     pub ln_f: LayerNorm,
-    pub lm_head: nn::Linear,
+    pub lm_head: Box<dyn Dense>,
 }
 
 impl Gpt {
-    pub fn new(spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
-        Self::with_attention(spec, vb, |_layer, vb| CausalSelfAttention::new(spec, vb))
-    }
-}
-
-impl<A: Module> Gpt<A> {
-    /// The baseline with `attention(layer, vb)` in place of each block's attention.
-    pub fn with_attention(
-        spec: &ModelSpec,
-        vb: VarBuilder,
-        mut attention: impl FnMut(usize, VarBuilder) -> Result<A>,
-    ) -> Result<Self> {
+    pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
         spec.check()?;
-        let (c, std) = (spec.gpt.n_embd, spec.gpt.init_std);
+        let c = spec.gpt.n_embd;
         let t = vb.pp("transformer");
         let h = (0..spec.gpt.n_layer)
-            .map(|i| {
-                let vb = t.pp("h").pp(i);
-                Ok(Block {
-                    ln_1: LayerNorm::new(c, true, vb.pp("ln_1"))?,
-                    attn: attention(i, vb.pp("attn"))?,
-                    ln_2: LayerNorm::new(c, true, vb.pp("ln_2"))?,
-                    mlp: Mlp::new(spec, vb.pp("mlp"))?,
-                })
-            })
+            .map(|i| Block::new(recipe, i, spec, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
+        let head = DenseSpec {
+            in_dim: c,
+            out_dim: spec.vocab_size,
+            std: spec.gpt.init_std,
+            bias: true,
+        };
         Ok(Self {
-            wte: nn::embedding(spec.vocab_size, c, std, t.pp("wte"))?,
+            wte: recipe.token_embedding(spec, t.pp("wte"))?,
             wpe: nn::embedding(spec.context_length, c, 0.0, t.pp("wpe"))?, // zero: lmplay
             h,
             ln_f: LayerNorm::new(c, true, t.pp("ln_f"))?,
-            lm_head: nn::linear(c, spec.vocab_size, std, true, vb.pp("lm_head"))?,
+            lm_head: recipe.dense(head, vb.pp("lm_head"))?,
         })
     }
 
     /// ids: (B, T) u32 → logits: (B, T, V).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, 0, None)
+    }
+
+    /// Logits of new positions after the `cache.len` cached ones, extending the cache.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        cache.layers.resize_with(self.h.len(), LayerCache::default);
+        let logits = self.run(ids, cache.len, Some(&mut cache.layers))?;
+        cache.len += ids.dim(1)?;
+        Ok(logits)
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut caches: Option<&mut Vec<LayerCache>>,
+    ) -> Result<Tensor> {
         let t = ids.dim(1)?;
-        let positions = self.wpe.embeddings().narrow(0, 0, t)?; // (T, C)
+        let positions = self.wpe.table.narrow(0, offset, t)?; // (T, C)
         let mut x = self.wte.forward(ids)?.broadcast_add(&positions)?; // (B, T, C)
-        for block in &self.h {
-            x = block.forward(&x)?;
+        for (i, block) in self.h.iter().enumerate() {
+            x = block.forward(&x, caches.as_mut().map(|c| &mut c[i]))?;
         }
         self.lm_head.forward(&self.ln_f.forward(&x)?)
+    }
+
+    /// Every weight in the baseline's layout and names: what a sacrificial experiment ships.
+    pub fn prod(&self) -> Result<Named> {
+        let mut out = self.wte.prod()?;
+        out.push((format!("{}.weight", self.wpe.name), self.wpe.table.clone()));
+        for block in &self.h {
+            out.extend(block.prod()?);
+        }
+        out.extend(self.ln_f.prod());
+        out.extend(self.lm_head.prod()?);
+        Ok(out)
     }
 }

@@ -15,11 +15,13 @@
 pub mod config;
 pub mod experiment;
 pub mod export;
+pub mod generate;
 pub mod gpt;
 pub mod init;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub mod parts;
 pub mod trainer;
 
 pub use experiment::{Baseline, Experiment, Variant};
@@ -38,6 +40,10 @@ pub mod prelude {
     pub use crate::gpt::{Block, CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec};
     pub use crate::init::ParamStore;
     pub use crate::nn::{self, LayerNorm, Linear};
+    pub use crate::parts::{
+        Attention, BaselineParts, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe,
+        TokenEmbedding,
+    };
     pub use crate::{export_plugin, knob_enum, knobs};
     pub use candle_core::{DType, Device, Module, Result, Tensor, D};
     pub use candle_nn::VarBuilder;

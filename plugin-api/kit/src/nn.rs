@@ -7,12 +7,15 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::kernels;
+use crate::parts::{Dense, Named, TokenEmbedding};
 
 /// `y = x Wᵀ + b`, `W: (out, in)`.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// Where it sits in the model, e.g. `transformer.h.0.mlp.c_fc`.
+    pub name: String,
 }
 
 impl Module for Linear {
@@ -28,6 +31,29 @@ impl Module for Linear {
         dims.push(self.weight.dim(0)?);
         y.reshape(dims)
     }
+}
+
+impl Dense for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Module::forward(self, x)
+    }
+
+    fn prod(&self) -> Result<Named> {
+        Ok(weight_and_bias(
+            &self.name,
+            &self.weight,
+            self.bias.as_ref(),
+        ))
+    }
+}
+
+/// `<name>.weight` and, when there is one, `<name>.bias`.
+pub fn weight_and_bias(name: &str, weight: &Tensor, bias: Option<&Tensor>) -> Named {
+    let mut out = vec![(format!("{name}.weight"), weight.clone())];
+    if let Some(b) = bias {
+        out.push((format!("{name}.bias"), b.clone()));
+    }
+    out
 }
 
 /// A [`Linear`] with `W` drawn from N(0, std) and `b` zero.
@@ -51,11 +77,43 @@ pub fn linear(
     } else {
         None
     };
-    Ok(Linear { weight, bias })
+    Ok(Linear {
+        weight,
+        bias,
+        name: vb.prefix(),
+    })
 }
 
-/// A lookup table `(n, dim)`; `std = 0` initialises it to zero.
-pub fn embedding(n: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<candle_nn::Embedding> {
+/// A lookup table `(n, C)`: row `i` is the vector of id `i`.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    pub table: Tensor,
+    pub name: String,
+}
+
+impl Embedding {
+    /// ids: (...) u32 → (..., C).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.table.dim(1)?);
+        self.table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape(dims)
+    }
+}
+
+impl TokenEmbedding for Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Embedding::forward(self, ids)
+    }
+
+    fn prod(&self) -> Result<Named> {
+        Ok(vec![(format!("{}.weight", self.name), self.table.clone())])
+    }
+}
+
+/// An [`Embedding`] `(n, dim)` drawn from N(0, std); `std = 0` initialises it to zero.
+pub fn embedding(n: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<Embedding> {
     let init = if std == 0.0 {
         Init::Const(0.0)
     } else {
@@ -64,10 +122,10 @@ pub fn embedding(n: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<candl
             stdev: std,
         }
     };
-    Ok(candle_nn::Embedding::new(
-        vb.get_with_hints((n, dim), "weight", init)?,
-        dim,
-    ))
+    Ok(Embedding {
+        table: vb.get_with_hints((n, dim), "weight", init)?,
+        name: vb.prefix(),
+    })
 }
 
 /// LayerNorm over the last dimension, written with plain tensor ops.
@@ -76,9 +134,10 @@ pub fn embedding(n: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<candl
 /// the gradient graph (candle issues #2977 and #3011).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    eps: f64,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+    pub name: String,
 }
 
 impl LayerNorm {
@@ -94,7 +153,13 @@ impl LayerNorm {
             weight,
             bias,
             eps: 1e-5,
+            name: vb.prefix(),
         })
+    }
+
+    /// `<path>.weight` and `<path>.bias`, as the baseline names them.
+    pub fn prod(&self) -> Named {
+        weight_and_bias(&self.name, &self.weight, self.bias.as_ref())
     }
 }
 

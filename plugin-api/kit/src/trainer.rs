@@ -298,6 +298,62 @@ impl<E: Experiment> Trainer<E> {
         Ok(())
     }
 
+    /// Logits for ids (rows, cols), every position: (rows · cols · V) values, row-major.
+    pub fn logits(&self, ids: &[u32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        if ids.len() != rows * cols {
+            return Err(KitError::Config(format!(
+                "{} ids do not make {rows} rows of {cols}",
+                ids.len()
+            )));
+        }
+        let ids = Tensor::from_slice(ids, (rows, cols), &self.device)?;
+        Ok(self
+            .model
+            .forward(&ids)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    /// Continues `prompt`; the new tokens.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        sampling: &crate::generate::Sampling,
+    ) -> Result<Vec<u32>> {
+        Ok(crate::generate::generate(
+            &self.model,
+            prompt,
+            sampling,
+            self.spec.context_length,
+            &self.device,
+            true,
+        )?)
+    }
+
+    /// Replaces the weights with those of a safetensors file named as the model's parameters
+    /// (an export, prod weights into the baseline): every parameter present, nothing extra.
+    pub fn load_weights(&mut self, bytes: &[u8]) -> Result<()> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, &self.device).map_err(|e| {
+            KitError::State(format!(
+                "not a safetensors weight file: {}",
+                first_line(&e.to_string())
+            ))
+        })?;
+        let names: std::collections::HashSet<String> =
+            self.params.params().into_iter().map(|p| p.name).collect();
+        if let Some(extra) = tensors.keys().find(|k| !names.contains(*k)) {
+            return Err(KitError::State(format!(
+                "the weights hold `{extra}`, which this model does not have"
+            )));
+        }
+        self.params
+            .load(&tensors)
+            .map_err(|e| KitError::State(e.to_string()))?;
+        self.grads.iter_mut().for_each(|g| *g = None);
+        Ok(())
+    }
+
     pub fn export_prod(&self) -> Result<Vec<u8>> {
         serialize(self.model.prod_weights(&self.params)?, HashMap::new())
     }

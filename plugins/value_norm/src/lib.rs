@@ -43,19 +43,38 @@ pub struct ValueNormAttention {
     ln_v: Option<LayerNorm>,
 }
 
-impl Module for ValueNormAttention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Attention for ValueNormAttention {
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (q, k, v) = self.attn.qkv(x)?; // (B, H, T, D) each
         let v = match &self.ln_v {
             Some(ln) => ln.forward(&v)?, // normalises the last dimension, D
             None => v,
         };
-        let y = nn::causal_attention(&q, &k, &v, self.attn.scale)?;
-        self.attn.project(&y)
+        self.attn.attend(&q, &k, &v, cache)
     }
 }
 
-pub struct ValueNorm(Gpt<ValueNormAttention>);
+/// The one part value norm replaces: the attention.
+impl Recipe for ValueNormConfig {
+    fn attention(
+        &self,
+        layer: usize,
+        spec: &ModelSpec,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Attention>> {
+        let ln_v = if self.value_norm_blocks.includes(layer) {
+            Some(LayerNorm::new(spec.head_size(), true, vb.pp("ln_v"))?)
+        } else {
+            None
+        };
+        Ok(Box::new(ValueNormAttention {
+            attn: CausalSelfAttention::new(self, spec, vb)?,
+            ln_v,
+        }))
+    }
+}
+
+pub struct ValueNorm(Gpt);
 
 impl Experiment for ValueNorm {
     type Config = ValueNormConfig;
@@ -79,22 +98,11 @@ impl Experiment for ValueNorm {
     }
 
     fn build(spec: &ModelSpec, config: &ValueNormConfig, vb: VarBuilder) -> Result<Self> {
-        let gpt = Gpt::with_attention(spec, vb, |layer, vb| {
-            let ln_v = if config.value_norm_blocks.includes(layer) {
-                Some(LayerNorm::new(spec.head_size(), true, vb.pp("ln_v"))?)
-            } else {
-                None
-            };
-            Ok(ValueNormAttention {
-                attn: CausalSelfAttention::new(spec, vb)?,
-                ln_v,
-            })
-        })?;
-        Ok(Self(gpt))
+        Ok(Self(Gpt::new(config, spec, vb)?))
     }
 
-    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.0.forward(ids)
+    fn gpt(&self) -> Option<&Gpt> {
+        Some(&self.0)
     }
 }
 

@@ -1,0 +1,137 @@
+//! The replaceable parts of the baseline GPT. An experiment implements [`Recipe`], overriding the
+//! one part its idea changes (the dense layers for UW1, the token embedding for UE, the attention
+//! for value norm); every other part stays the baseline's, built by the same code.
+//!
+//! Each part can say what it is in the baseline's layout ([`prod`](Dense::prod)): that is how a
+//! sacrificial experiment exports weights the plain baseline loads.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::gpt::{CausalSelfAttention, ModelSpec};
+use crate::nn;
+
+/// The shape of one dense layer of the baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DenseSpec {
+    pub in_dim: usize,
+    pub out_dim: usize,
+    /// σ of the baseline's N(0, σ) weight initialisation.
+    pub std: f64,
+    pub bias: bool,
+}
+
+/// A named tensor of a prod model.
+pub type Named = Vec<(String, Tensor)>;
+
+fn not_sacrificial<T>() -> Result<T> {
+    candle_core::bail!(
+        "this part has no form in the baseline's layout (the experiment is not sacrificial)"
+    )
+}
+
+/// A dense layer `(…, in) → (…, out)`.
+pub trait Dense: Send + Sync {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// The layer as the baseline's `<path>.weight` and `<path>.bias`.
+    fn prod(&self) -> Result<Named> {
+        not_sacrificial()
+    }
+}
+
+/// The token embedding, `ids (B, T) → (B, T, C)`.
+pub trait TokenEmbedding: Send + Sync {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor>;
+    /// The embedding as the baseline's `transformer.wte.weight` table.
+    fn prod(&self) -> Result<Named> {
+        not_sacrificial()
+    }
+}
+
+/// Self-attention of one block.
+pub trait Attention: Send + Sync {
+    /// x: (B, T, C) → (B, T, C). With a cache, `x` holds the positions after the cached ones,
+    /// whose keys and values the call appends to the cache.
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor>;
+    /// The attention as the baseline's `c_attn` and `c_proj`.
+    fn prod(&self) -> Result<Named> {
+        not_sacrificial()
+    }
+}
+
+/// Keys and values of the positions one block has already seen: (B, H, T_seen, D) each.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    pub keys: Option<Tensor>,
+    pub values: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().and_then(|k| k.dim(2).ok()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the new positions' keys and values; returns all of them.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let cat = |old: &Option<Tensor>, new: &Tensor| match old {
+            Some(old) => Tensor::cat(&[old, new], 2),
+            None => Ok(new.clone()),
+        };
+        let (k, v) = (cat(&self.keys, k)?, cat(&self.values, v)?);
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        Ok((k, v))
+    }
+}
+
+/// Every block's [`LayerCache`], and how many positions they hold.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    pub len: usize,
+}
+
+/// Which parts of the baseline an experiment replaces; each method builds the baseline's part
+/// unless overridden. `vb` is already scoped to the part's name in the baseline
+/// (e.g. `transformer.h.3.mlp.c_fc`), so a replacement that keeps the name keeps its place.
+pub trait Recipe {
+    /// Every dense layer: attention `c_attn`/`c_proj`, MLP `c_fc`/`c_proj`, and `lm_head`.
+    fn dense(&self, spec: DenseSpec, vb: VarBuilder) -> Result<Box<dyn Dense>> {
+        Ok(Box::new(nn::linear(
+            spec.in_dim,
+            spec.out_dim,
+            spec.std,
+            spec.bias,
+            vb,
+        )?))
+    }
+
+    /// The attention of block `layer`.
+    fn attention(
+        &self,
+        _layer: usize,
+        spec: &ModelSpec,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Attention>> {
+        Ok(Box::new(CausalSelfAttention::new(self, spec, vb)?))
+    }
+
+    fn token_embedding(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn TokenEmbedding>> {
+        Ok(Box::new(nn::embedding(
+            spec.vocab_size,
+            spec.gpt.n_embd,
+            spec.gpt.init_std,
+            vb,
+        )?))
+    }
+}
+
+/// The baseline: every part as it is.
+pub struct BaselineParts;
+
+impl Recipe for BaselineParts {}
