@@ -121,8 +121,12 @@ impl CausalSelfAttention {
             Some(cache) => cache.append(k, v)?,
             None => (k.clone(), v.clone()),
         };
-        let y = nn::causal_attention(q, &k, &v, self.scale)?;
-        self.c_proj.forward(&nn::merge_heads(&y)?)
+        self.project(&nn::causal_attention(q, &k, &v, self.scale)?)
+    }
+
+    /// Heads y: (B, H, T, D) → merged and projected: (B, T, C).
+    pub fn project(&self, y: &Tensor) -> Result<Tensor> {
+        self.c_proj.forward(&nn::merge_heads(y)?)
     }
 
     /// `c_attn` and `c_proj` in the baseline's layout.

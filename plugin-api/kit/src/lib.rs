@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod parts;
+pub mod testing;
 pub mod trainer;
 
 pub use experiment::{Baseline, Experiment, Variant};
@@ -39,6 +40,7 @@ pub mod prelude {
     pub use crate::experiment::{Experiment, Variant};
     pub use crate::gpt::{Block, CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec};
     pub use crate::init::ParamStore;
+    pub use crate::kernels;
     pub use crate::nn::{self, LayerNorm, Linear};
     pub use crate::parts::{
         Attention, BaselineParts, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe,
@@ -46,5 +48,5 @@ pub mod prelude {
     };
     pub use crate::{export_plugin, knob_enum, knobs};
     pub use candle_core::{DType, Device, Module, Result, Tensor, D};
-    pub use candle_nn::VarBuilder;
+    pub use candle_nn::{Init, VarBuilder};
 }

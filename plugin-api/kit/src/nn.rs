@@ -18,9 +18,9 @@ pub struct Linear {
     pub name: String,
 }
 
-impl Module for Linear {
+impl Linear {
     /// x: (..., in) → (..., out), as one (N, in) × (in, out) matmul.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
         let y = x.reshape(((), in_dim))?.matmul(&self.weight.t()?)?;
@@ -35,7 +35,7 @@ impl Module for Linear {
 
 impl Dense for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Module::forward(self, x)
+        Linear::forward(self, x)
     }
 
     fn prod(&self) -> Result<Named> {

@@ -111,18 +111,28 @@ export_plugin!(ValueNorm);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lmhost_kit::trainer::{RunSpec, Trainer};
+    use lmhost_kit::testing;
 
-    fn trainer(variant: &str) -> Trainer<ValueNorm> {
-        let config = format!(
-            r#"{{"n_layer": 3, "n_embd": 32, "n_head": 4, "value_norm_blocks": "{variant}"}}"#
-        );
-        Trainer::<ValueNorm>::new(&RunSpec::cpu(0, 64, 16), &config).unwrap()
+    const VARIANTS: [&str; 3] = [
+        r#"{"value_norm_blocks": "all"}"#,
+        r#"{"value_norm_blocks": "from1"}"#,
+        r#"{"value_norm_blocks": "first"}"#,
+    ];
+
+    #[test]
+    fn every_variant_trains_and_generates_the_same_with_a_cache() {
+        for config in VARIANTS {
+            testing::every_parameter_gets_a_gradient::<ValueNorm>(config);
+            testing::training_lowers_the_loss::<ValueNorm>(config);
+            testing::cache_matches_recompute::<ValueNorm>(config);
+        }
     }
 
     #[test]
     fn each_variant_puts_the_norm_in_its_blocks() {
-        let norms = |t: &Trainer<ValueNorm>| -> Vec<String> {
+        let norms = |config: &str| -> Vec<String> {
+            let t =
+                testing::trainer::<ValueNorm>(&format!(r#"{{"n_layer": 3, {}"#, &config[1..]), 0);
             t.params
                 .params()
                 .into_iter()
@@ -130,41 +140,23 @@ mod tests {
                 .filter(|n| n.contains("ln_v.weight"))
                 .collect()
         };
-        assert_eq!(norms(&trainer("all")).len(), 3);
+        assert_eq!(norms(VARIANTS[0]).len(), 3);
         assert_eq!(
-            norms(&trainer("from1")),
-            vec![
+            norms(VARIANTS[1]),
+            [
                 "transformer.h.1.attn.ln_v.weight",
                 "transformer.h.2.attn.ln_v.weight"
             ]
         );
-        assert_eq!(
-            norms(&trainer("first")),
-            vec!["transformer.h.0.attn.ln_v.weight"]
-        );
+        assert_eq!(norms(VARIANTS[2]), ["transformer.h.0.attn.ln_v.weight"]);
         // D = 32 / 4 = 8 weights and 8 biases per norm, on top of the baseline's parameters.
-        let baseline = Trainer::<lmhost_kit::Baseline>::new(
-            &RunSpec::cpu(0, 64, 16),
-            r#"{"n_layer": 3, "n_embd": 32, "n_head": 4}"#,
-        )
-        .unwrap();
+        let all = testing::trainer::<ValueNorm>(VARIANTS[0], 0).params.count();
         assert_eq!(
-            trainer("all").params.count(),
-            baseline.params.count() + 3 * 16
+            all,
+            testing::trainer::<lmhost_kit::Baseline>("", 0)
+                .params
+                .count()
+                + 2 * 16
         );
-    }
-
-    #[test]
-    fn every_parameter_gets_a_gradient() {
-        let mut t = trainer("all");
-        let ids: Vec<u32> = (0..34).map(|i| (i * 5 % 64) as u32).collect();
-        t.forward_backward(&ids, 2, 17, 1.0 / 32.0).unwrap();
-        t.optimizer_step(1e-2).unwrap();
-        t.forward_backward(&ids, 2, 17, 1.0 / 32.0).unwrap();
-        for (name, g) in t.gradients() {
-            let g = g.unwrap_or_else(|| panic!("{name} has no gradient"));
-            let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-            assert!(norm > 0.0, "{name} has a zero gradient");
-        }
     }
 }
