@@ -12,6 +12,7 @@ use std::path::Path;
 pub use batches::{train_batch, validation_windows};
 pub use corpus::{Corpus, Document};
 pub use prepare::{DataManifest, DataSettings, PreparedData, END_OF_TEXT};
+pub use tokenizers::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

@@ -38,6 +38,15 @@ enum Command {
     },
     /// Compare runs: HTML, Markdown and JSON reports, plots of the losses and their difference to the baseline.
     Compare(crate::report_cmd::CompareArgs),
+    /// Sample text from a trained run (or its prod weights in the built-in baseline).
+    Generate(crate::generate_cmd::GenerateArgs),
+    /// Write a run's weights; --prod: a sacrificial experiment folded into the baseline's layout.
+    Export(crate::export_cmd::ExportArgs),
+    /// Create plugins/NAME, a new plugin crate to change, with its tests.
+    New {
+        /// snake_case, e.g. my_idea.
+        name: String,
+    },
     /// List the plugins under plugins/ and the built-in baseline.
     List,
     /// What a plugin does: its description, variants and every config key.
@@ -219,6 +228,9 @@ fn dispatch(command: Command) -> Result<bool> {
             })
         }
         Command::Compare(args) => crate::report_cmd::compare_command(&args),
+        Command::Generate(args) => crate::generate_cmd::generate_command(&args),
+        Command::Export(args) => crate::export_cmd::export_command(&args),
+        Command::New { name } => crate::scaffold::new_plugin(&name),
         Command::List => list(),
         Command::Describe { plugin } => describe(&plugin),
         Command::Bench(args) => {

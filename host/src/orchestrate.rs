@@ -379,6 +379,10 @@ fn create_arm(store: &RunStore, label: &str, mut record: RunRecord) -> Result<Ar
         store.create_dir(&record.plugin.name, record.plugin.variant.as_deref(), seed)?;
     record.id = id;
     run_store::write_record(&dir, &record)?;
+    // The run keeps its own tokenizer, so it can be read and sampled without the cache.
+    let tokenizer = record.data.cache_dir.join("tokenizer.json");
+    std::fs::copy(&tokenizer, dir.join("tokenizer.json"))
+        .with_context(|| format!("cannot copy {}", tokenizer.display()))?;
     println!("arm:{label} run:{}", dir.display());
     Ok(ArmRun {
         label: label.to_owned(),

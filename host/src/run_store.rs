@@ -63,6 +63,8 @@ pub struct PluginRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostRecord {
     pub version: String,
+    /// sha256 of the lmhost executable: a rebuilt host (say, a changed kit) never reuses a run.
+    pub binary_sha256: Option<String>,
     pub cuda: bool,
     pub os: String,
     pub arch: String,
@@ -76,6 +78,9 @@ impl HostRecord {
     pub fn current() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").into(),
+            binary_sha256: std::env::current_exe()
+                .ok()
+                .and_then(|exe| sha256_file(&exe).ok()),
             cuda: cfg!(feature = "cuda"),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
@@ -152,7 +157,7 @@ impl RunRecord {
             "config": self.config,
             "plugin": [&self.plugin.name, &self.plugin.version, &self.plugin.variant, &self.plugin.sha256],
             "data": [&self.data.manifest.tokenizer_fingerprint, &self.data.manifest.val_fingerprint, self.data.manifest.train_tokens],
-            "host": &self.host.version,
+            "host": [&self.host.version, &self.host.binary_sha256],
         });
         hex(&Sha256::digest(identity.to_string()))
     }

@@ -1,0 +1,139 @@
+//! `lmhost export`: a run's weights as safetensors; with `--prod`, a sacrificial experiment's
+//! weights folded into the baseline's layout, and with `--verify` the proof that they work: the
+//! plain built-in baseline loaded with them gives the trained experiment's logits, with the
+//! baseline's parameter count.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::RSlice;
+use anyhow::{bail, Context, Result};
+use datasets::validation_windows;
+use lmhost_kit::candle::Device;
+use plugin_api::{ModelBox, TokenBatch};
+
+use crate::restore::{last_checkpoint, Trained};
+use crate::run_store::write_atomic;
+
+/// Largest logit difference `--verify` accepts (float rounding of the folded weights is ~1e-6).
+const TOLERANCE: f32 = 1e-3;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A run folder.
+    run: PathBuf,
+    /// The prod weights: for a sacrificial experiment, the baseline's layout and names.
+    #[arg(long)]
+    prod: bool,
+    /// Load the prod weights into the built-in baseline and check its logits against the experiment's.
+    #[arg(long, requires = "prod")]
+    verify: bool,
+    /// Where to write [default: RUN/prod.safetensors, or RUN/weights.safetensors without --prod].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the file at the destination.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn export_command(args: &ExportArgs) -> Result<bool> {
+    let mut run = Trained::open(&args.run)?;
+    let name = run.plugin.description.name.clone();
+    let (bytes, default_name) = if args.prod {
+        if !run.plugin.description.sacrificial {
+            bail!(
+                "{name} is not sacrificial: its prod model is its training model, not the baseline's layout; `lmhost export {}` writes those weights",
+                args.run.display()
+            );
+        }
+        (prod_weights(&mut run.model)?, "prod.safetensors")
+    } else {
+        (training_weights(&args.run)?, "weights.safetensors")
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.run.join(default_name));
+    if out.exists() && !args.overwrite {
+        bail!(
+            "{} already exists; pass --overwrite to replace it, or another --out",
+            out.display()
+        );
+    }
+    if args.verify {
+        verify(&mut run, &bytes)?;
+    }
+    write_atomic(&out, &bytes)?;
+    println!(
+        "wrote {} ({:.1} MB)",
+        out.display(),
+        bytes.len() as f64 / 1e6
+    );
+    Ok(true)
+}
+
+pub fn prod_weights(model: &mut ModelBox) -> Result<Vec<u8>> {
+    Ok(model
+        .export_prod()
+        .into_result()
+        .map_err(|e| anyhow::anyhow!("export {e}"))?
+        .into_vec())
+}
+
+/// The model's weights from the last checkpoint, without the optimiser state.
+fn training_weights(run: &Path) -> Result<Vec<u8>> {
+    let checkpoint = last_checkpoint(run)?;
+    let state = lmhost_kit::candle::safetensors::load(&checkpoint, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", checkpoint.display()))?;
+    let weights: Vec<(String, _)> = state
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_owned(), v)))
+        .collect();
+    Ok(safetensors::tensor::serialize(weights, None)?)
+}
+
+/// Loads `prod` into the built-in baseline of the run's size and compares logits on
+/// validation windows; an error unless they agree and the parameter counts match.
+fn verify(run: &mut Trained, prod: &[u8]) -> Result<()> {
+    let mut baseline = run.baseline_of_same_size()?;
+    baseline
+        .load_weights(RSlice::from_slice(prod))
+        .into_result()
+        .map_err(|e| anyhow::anyhow!("the prod weights do not fit the built-in baseline: {e}"))?;
+    let (prod_count, baseline_count) =
+        (run.model.param_counts().prod, baseline.param_counts().train);
+    if prod_count != baseline_count {
+        bail!("the prod model has {prod_count} parameters, the baseline {baseline_count}");
+    }
+    let context = run.spec.context_length as usize;
+    let rows = 4;
+    let windows = validation_windows(&run.data()?.val, rows, context);
+    let ids: Vec<u32> = windows
+        .chunks(context + 1)
+        .flat_map(|w| w[..context].iter().copied())
+        .collect();
+    let logits = |m: &mut ModelBox| -> Result<Vec<f32>> {
+        let batch = TokenBatch {
+            ids: RSlice::from_slice(&ids),
+            rows: rows as u32,
+            cols: context as u32,
+        };
+        Ok(m.logits(batch)
+            .into_result()
+            .map_err(|e| anyhow::anyhow!("logits {e}"))?
+            .into_vec())
+    };
+    let (ours, theirs) = (logits(&mut run.model)?, logits(&mut baseline)?);
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!(
+        "verify: the built-in baseline loaded with the prod weights gives the experiment's logits to max |Δ| = {worst:.2e} over {} logits ({rows} validation windows); {prod_count} parameters, as the baseline",
+        ours.len()
+    );
+    if worst > TOLERANCE || ours.len() != theirs.len() {
+        bail!("verification failed: the prod model's logits differ from the experiment's by {worst:.3e} (tolerance {TOLERANCE:.0e})");
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! A trained run brought back: its plugin, its model built from the recorded config and loaded
+//! from its last checkpoint, its data and its tokenizer. `lmhost export` and `lmhost generate`
+//! start here.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::RSlice;
+use anyhow::{bail, Context, Result};
+use datasets::{PreparedData, Tokenizer};
+use plugin_api::{ModelBox, RunSpec};
+use serde_json::{Map, Value};
+
+use crate::plugin::{Plugin, PluginSource};
+use crate::run_store::{self, RunRecord};
+
+pub struct Trained {
+    pub dir: PathBuf,
+    pub record: RunRecord,
+    pub plugin: Plugin,
+    pub model: ModelBox,
+    pub spec: RunSpec,
+}
+
+impl Trained {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let record = run_store::read_record(dir)?;
+        if let (PluginSource::Library { path }, Some(expected)) =
+            (&record.plugin.source, &record.plugin.sha256)
+        {
+            if !path.is_file() {
+                bail!("{} was trained with {}, which is gone; rebuild it with `cargo build --release --workspace`", dir.display(), path.display());
+            }
+            if &run_store::sha256_file(path)? != expected {
+                bail!("{} changed since {} was trained (its sha256 differs); the checkpoint may not fit it", path.display(), dir.display());
+            }
+        }
+        let plugin = Plugin::open(&record.plugin.source)?;
+        let config = record.config.run_config()?;
+        let spec = RunSpec {
+            device: config.device.as_str().into(),
+            dtype: config.dtype.as_str().into(),
+            seed: config.seed,
+            vocab_size: record.derived.vocab_size as u32,
+            context_length: config.context_length as u32,
+        };
+        let mut model = plugin
+            .create(&spec, &record.config.model)
+            .map_err(|e| anyhow::anyhow!("{} {e}", plugin.description.name))?;
+        let checkpoint = last_checkpoint(dir)?;
+        let state = std::fs::read(&checkpoint)
+            .with_context(|| format!("cannot read {}", checkpoint.display()))?;
+        model
+            .load_state(RSlice::from_slice(&state))
+            .into_result()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a checkpoint of this run ({e}); it may be corrupt",
+                    checkpoint.display()
+                )
+            })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            record,
+            plugin,
+            model,
+            spec,
+        })
+    }
+
+    /// The built-in baseline of the same size (the run's model-size and optimiser keys), for
+    /// prod weights.
+    pub fn baseline_of_same_size(&self) -> Result<ModelBox> {
+        let baseline = Plugin::builtin();
+        let keys: Map<String, Value> = self
+            .record
+            .config
+            .model
+            .iter()
+            .filter(|(k, _)| baseline.description.fields.iter().any(|f| &f.name == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        baseline
+            .create(&self.spec, &keys)
+            .map_err(|e| anyhow::anyhow!("baseline {e}"))
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let own = self.dir.join("tokenizer.json");
+        let path = if own.is_file() {
+            own
+        } else {
+            self.record.data.cache_dir.join("tokenizer.json")
+        };
+        Tokenizer::from_file(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read the run's tokenizer {}: {e}", path.display()))
+    }
+
+    /// The run's data (rebuilt in its cache if the cache was cleared).
+    pub fn data(&self) -> Result<PreparedData> {
+        if let Ok(data) = PreparedData::load(&self.record.data.cache_dir) {
+            return Ok(data);
+        }
+        let root = self
+            .record
+            .data
+            .cache_dir
+            .parent()
+            .and_then(Path::parent)
+            .context("the run's cache folder has no parent")?;
+        Ok(PreparedData::prepare(
+            &self.record.data.manifest.settings,
+            root,
+        )?)
+    }
+}
+
+/// The checkpoint of the highest step.
+pub fn last_checkpoint(dir: &Path) -> Result<PathBuf> {
+    let folder = dir.join("checkpoints");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().with_context(|| {
+        format!(
+            "{} has no checkpoint (did it finish a step?)",
+            dir.display()
+        )
+    })
+}
