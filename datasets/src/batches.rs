@@ -13,10 +13,7 @@ pub fn train_batch(
     context: usize,
 ) -> Vec<u32> {
     let span = context + 1;
-    assert!(
-        tokens.len() > span,
-        "the training split is shorter than one window"
-    );
+    assert!(tokens.len() > span, "the training split is shorter than one window");
     let starts = (tokens.len() - span + 1) as u64;
     let mut out = Vec::with_capacity(rows * span);
     for row in 0..rows as u64 {
@@ -30,18 +27,11 @@ pub fn train_batch(
 /// `tokens`, independent of any seed so every run is measured on the same tokens.
 pub fn validation_windows(tokens: &[u32], windows: usize, context: usize) -> Vec<u32> {
     let span = context + 1;
-    assert!(
-        tokens.len() > span,
-        "the validation split is shorter than one window"
-    );
+    assert!(tokens.len() > span, "the validation split is shorter than one window");
     let last_start = tokens.len() - span;
     let mut out = Vec::with_capacity(windows * span);
     for w in 0..windows {
-        let start = if windows > 1 {
-            w * last_start / (windows - 1)
-        } else {
-            0
-        };
+        let start = if windows > 1 { w * last_start / (windows - 1) } else { 0 };
         out.extend_from_slice(&tokens[start..start + span]);
     }
     out
@@ -91,9 +81,7 @@ mod tests {
     #[test]
     fn starts_are_spread_over_the_stream() {
         let tokens: Vec<u32> = (0..1000).collect();
-        let firsts: Vec<u32> = (0..200)
-            .map(|s| train_batch(&tokens, 0, s, 0, 1, 9)[0])
-            .collect();
+        let firsts: Vec<u32> = (0..200).map(|s| train_batch(&tokens, 0, s, 0, 1, 9)[0]).collect();
         assert!(firsts.iter().any(|&f| f < 100) && firsts.iter().any(|&f| f > 890));
     }
 }

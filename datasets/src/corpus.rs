@@ -61,11 +61,7 @@ impl Corpus {
         if documents.is_empty() {
             return Err(DataError::Corrupt(format!("{name} holds no documents")));
         }
-        Ok(Self {
-            name: name.to_owned(),
-            documents,
-            fingerprint: hex(&Sha256::digest(bytes)),
-        })
+        Ok(Self { name: name.to_owned(), documents, fingerprint: hex(&Sha256::digest(bytes)) })
     }
 
     pub fn bytes(&self) -> usize {
@@ -76,11 +72,8 @@ impl Corpus {
     /// Documents are taken in an order fixed by `seed` (sha256 of seed and id), so the split
     /// is the same on every machine and changes only when the seed or the corpus does.
     pub fn split(&self, val_fraction: f64, seed: u64) -> Split<'_> {
-        let mut order: Vec<(String, &Document)> = self
-            .documents
-            .iter()
-            .map(|d| (hex(&Sha256::digest(format!("{seed}:{}", d.id))), d))
-            .collect();
+        let mut order: Vec<(String, &Document)> =
+            self.documents.iter().map(|d| (hex(&Sha256::digest(format!("{seed}:{}", d.id))), d)).collect();
         order.sort_by(|a, b| a.0.cmp(&b.0));
         let target = (self.bytes() as f64 * val_fraction).ceil() as usize;
         let mut held = 0;
@@ -92,11 +85,7 @@ impl Corpus {
             held += d.text.len();
             val.push(*d);
         }
-        let train = self
-            .documents
-            .iter()
-            .filter(|d| !val.iter().any(|v| v.id == d.id))
-            .collect();
+        let train = self.documents.iter().filter(|d| !val.iter().any(|v| v.id == d.id)).collect();
         val.sort_by(|a, b| a.id.cmp(&b.id));
         Split { train, val }
     }
@@ -115,10 +104,7 @@ mod tests {
         let c = Corpus::shakespeare().unwrap();
         assert_eq!(c.documents.len(), 42);
         assert_eq!(c.bytes(), 5_057_198);
-        assert!(c
-            .documents
-            .iter()
-            .any(|d| d.title == "Hamlet, Prince of Denmark" || d.id == "hamlet_gut"));
+        assert!(c.documents.iter().any(|d| d.title == "Hamlet, Prince of Denmark" || d.id == "hamlet_gut"));
         assert!(c.documents.iter().all(|d| !d.id.ends_with("_gut_f")));
     }
 
@@ -138,13 +124,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_corpus_is_an_error() {
-        assert!(matches!(
-            Corpus::from_jsonl_gz("x", b"not gzip"),
-            Err(DataError::Corrupt(_))
-        ));
-        assert!(matches!(
-            Corpus::named("nope"),
-            Err(DataError::UnknownDataset(_))
-        ));
+        assert!(matches!(Corpus::from_jsonl_gz("x", b"not gzip"), Err(DataError::Corrupt(_))));
+        assert!(matches!(Corpus::named("nope"), Err(DataError::UnknownDataset(_))));
     }
 }

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{
-    AddedToken, NormalizerWrapper, PostProcessorWrapper, Tokenizer, TokenizerBuilder,
-};
+use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, Tokenizer, TokenizerBuilder};
 
 use crate::corpus::{hex, Corpus};
 use crate::DataError;
@@ -66,9 +64,7 @@ impl PreparedData {
     /// Loads the cache for `settings` from `cache_root`, building it first if absent.
     pub fn prepare(settings: &DataSettings, cache_root: &Path) -> Result<Self, DataError> {
         let corpus = Corpus::named(&settings.dataset)?;
-        let dir = cache_root
-            .join(&settings.dataset)
-            .join(cache_key(settings, &corpus));
+        let dir = cache_root.join(&settings.dataset).join(cache_key(settings, &corpus));
         if !dir.join("meta.json").exists() {
             build_cache(settings, &corpus, &dir)?;
         }
@@ -87,12 +83,7 @@ impl PreparedData {
                 dir.display()
             )));
         }
-        Ok(Self {
-            dir: dir.to_owned(),
-            manifest,
-            train,
-            val,
-        })
+        Ok(Self { dir: dir.to_owned(), manifest, train, val })
     }
 
     pub fn tokenizer_path(&self) -> PathBuf {
@@ -111,11 +102,7 @@ fn cache_key(settings: &DataSettings, corpus: &Corpus) -> String {
         "corpus": corpus.fingerprint,
         "settings": settings,
     });
-    format!(
-        "bpe{}-{}",
-        settings.vocab_size,
-        &hex(&Sha256::digest(recipe.to_string()))[..16]
-    )
+    format!("bpe{}-{}", settings.vocab_size, &hex(&Sha256::digest(recipe.to_string()))[..16])
 }
 
 /// Byte-level BPE (GPT-2's pre-tokenisation, no prefix space) trained on `texts`.
@@ -131,20 +118,15 @@ pub fn train_bpe<'a>(
         .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
-    let mut tokenizer = TokenizerBuilder::<
-        BPE,
-        NormalizerWrapper,
-        ByteLevel,
-        PostProcessorWrapper,
-        ByteLevel,
-    >::new()
-    .with_model(BPE::default())
-    .with_normalizer(None)
-    .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
-    .with_post_processor(None)
-    .with_decoder(Some(ByteLevel::default()))
-    .build()
-    .map_err(err)?;
+    let mut tokenizer =
+        TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, PostProcessorWrapper, ByteLevel>::new()
+            .with_model(BPE::default())
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_post_processor(None)
+            .with_decoder(Some(ByteLevel::default()))
+            .build()
+            .map_err(err)?;
     tokenizer.train(&mut trainer, texts).map_err(err)?;
     let json = tokenizer.to_string(false).map_err(err)?;
     json.parse::<Tokenizer>().map_err(err)
@@ -153,28 +135,19 @@ pub fn train_bpe<'a>(
 fn build_cache(settings: &DataSettings, corpus: &Corpus, dir: &Path) -> Result<(), DataError> {
     tracing::info!(dataset = %settings.dataset, vocab = settings.vocab_size, "training the BPE tokenizer (cached afterwards)");
     let split = corpus.split(settings.val_fraction, settings.split_seed);
-    let tokenizer = train_bpe(
-        split.train.iter().map(|d| d.text.as_str()),
-        settings.vocab_size,
-    )?;
-    let eot = tokenizer.token_to_id(END_OF_TEXT).ok_or_else(|| {
-        DataError::Tokenizer("the trained tokenizer lost its end-of-text token".into())
-    })?;
+    let tokenizer = train_bpe(split.train.iter().map(|d| d.text.as_str()), settings.vocab_size)?;
+    let eot = tokenizer
+        .token_to_id(END_OF_TEXT)
+        .ok_or_else(|| DataError::Tokenizer("the trained tokenizer lost its end-of-text token".into()))?;
     let encode = |docs: &[&crate::corpus::Document]| -> Result<Vec<u32>, DataError> {
         let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
-        let encodings = tokenizer
-            .encode_batch(texts, false)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        Ok(encodings
-            .iter()
-            .flat_map(|e| e.get_ids().iter().copied().chain(std::iter::once(eot)))
-            .collect())
+        let encodings =
+            tokenizer.encode_batch(texts, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok(encodings.iter().flat_map(|e| e.get_ids().iter().copied().chain(std::iter::once(eot))).collect())
     };
     let train = encode(&split.train)?;
     let val = encode(&split.val)?;
-    let json = tokenizer
-        .to_string(false)
-        .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+    let json = tokenizer.to_string(false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
     let manifest = DataManifest {
         settings: settings.clone(),
         corpus_fingerprint: corpus.fingerprint.clone(),
@@ -183,11 +156,7 @@ fn build_cache(settings: &DataSettings, corpus: &Corpus, dir: &Path) -> Result<(
         train_tokens: train.len(),
         val_tokens: val.len(),
         val_documents: split.val.iter().map(|d| d.id.clone()).collect(),
-        val_fingerprint: hex(&Sha256::digest(
-            val.iter()
-                .flat_map(|t| t.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        )),
+        val_fingerprint: hex(&Sha256::digest(val.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())),
     };
     // Write into a fresh folder beside the target and rename it into place, so a reader never
     // sees half a cache and two processes preparing the same data do not collide.
@@ -203,28 +172,17 @@ fn build_cache(settings: &DataSettings, corpus: &Corpus, dir: &Path) -> Result<(
         // Another process finished first; its cache is identical by construction.
         let _ = fs::remove_dir_all(&tmp);
         if !dir.join("meta.json").exists() {
-            return Err(DataError::Corrupt(format!(
-                "cannot create the cache folder {}",
-                dir.display()
-            )));
+            return Err(DataError::Corrupt(format!("cannot create the cache folder {}", dir.display())));
         }
     }
     Ok(())
 }
 
 fn unique() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
-fn write_tokens(
-    path: &Path,
-    train: &[u32],
-    val: &[u32],
-    vocab_size: usize,
-) -> Result<(), DataError> {
+fn write_tokens(path: &Path, train: &[u32], val: &[u32], vocab_size: usize) -> Result<(), DataError> {
     let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
     let mut out = Vec::with_capacity(28 + (train.len() + val.len()) * width as usize);
     out.extend_from_slice(TOKENS_MAGIC);
@@ -276,8 +234,7 @@ fn read_tokens(path: &Path) -> Result<(Vec<u32>, Vec<u32>), DataError> {
 fn read(path: &Path) -> Result<Vec<u8>, DataError> {
     let mut f = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .map_err(|e| DataError::io(path, e))?;
+    f.read_to_end(&mut buf).map_err(|e| DataError::io(path, e))?;
     Ok(buf)
 }
 
@@ -292,20 +249,13 @@ mod tests {
     use super::*;
 
     fn settings(vocab: usize) -> DataSettings {
-        DataSettings {
-            dataset: "shakespeare".into(),
-            vocab_size: vocab,
-            val_fraction: 0.1,
-            split_seed: 0,
-        }
+        DataSettings { dataset: "shakespeare".into(), vocab_size: vocab, val_fraction: 0.1, split_seed: 0 }
     }
 
     #[test]
     fn bpe_training_is_deterministic_and_round_trips_text() {
-        let texts = [
-            "To be, or not to be: that is the question.",
-            "Whether 'tis nobler in the mind to suffer",
-        ];
+        let texts =
+            ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind to suffer"];
         let a = train_bpe(texts.iter().copied().cycle().take(40), 300).unwrap();
         let b = train_bpe(texts.iter().copied().cycle().take(40), 300).unwrap();
         assert_eq!(a.to_string(false).unwrap(), b.to_string(false).unwrap());
@@ -320,29 +270,16 @@ mod tests {
         let first = PreparedData::prepare(&settings(512), root.path()).unwrap();
         assert!(first.manifest.vocab_size <= 512 && first.manifest.vocab_size > 256);
         assert!(first.train.len() > 10 * first.val.len() / 2);
-        assert!(first
-            .train
-            .iter()
-            .chain(&first.val)
-            .all(|&t| (t as usize) < first.manifest.vocab_size));
+        assert!(first.train.iter().chain(&first.val).all(|&t| (t as usize) < first.manifest.vocab_size));
         let again = PreparedData::prepare(&settings(512), root.path()).unwrap();
         assert_eq!(first.dir, again.dir);
         assert_eq!(first.train, again.train);
         // A different setting never reuses the cache.
-        let other = PreparedData::prepare(
-            &DataSettings {
-                split_seed: 1,
-                ..settings(512)
-            },
-            root.path(),
-        )
-        .unwrap();
+        let other =
+            PreparedData::prepare(&DataSettings { split_seed: 1, ..settings(512) }, root.path()).unwrap();
         assert_ne!(first.dir, other.dir);
         // A damaged cache is reported, not used.
         std::fs::write(first.dir.join("tokens.bin"), b"LMHTOKS1 short").unwrap();
-        assert!(matches!(
-            PreparedData::load(&first.dir),
-            Err(DataError::Corrupt(_))
-        ));
+        assert!(matches!(PreparedData::load(&first.dir), Err(DataError::Corrupt(_))));
     }
 }

@@ -39,26 +39,16 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     let request = Request {
         preset: args.preset.clone(),
         variant: None,
-        overrides: args
-            .overrides
-            .iter()
-            .map(|o| o.parse())
-            .collect::<Result<Vec<Override>>>()?,
+        overrides: args.overrides.iter().map(|o| o.parse()).collect::<Result<Vec<Override>>>()?,
     };
     let (mut arm, unknown) = resolve_arm(&plugin.description, &request)?;
     if let Some(key) = unknown.first() {
         anyhow::bail!("unknown config key `{key}`");
     }
-    arm.model = plugin
-        .resolve_model_config(&arm.model)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    arm.model = plugin.resolve_model_config(&arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = arm.run_config()?;
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(crate::cli::default_cache_dir);
-    let data = PreparedData::prepare(&config.data_settings(), &cache)
-        .context("cannot prepare the data")?;
+    let cache = args.cache_dir.clone().unwrap_or_else(crate::cli::default_cache_dir);
+    let data = PreparedData::prepare(&config.data_settings(), &cache).context("cannot prepare the data")?;
     let spec = RunSpec {
         device: config.device.as_str().into(),
         dtype: config.dtype.as_str().into(),
@@ -66,9 +56,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         vocab_size: data.manifest.vocab_size as u32,
         context_length: config.context_length as u32,
     };
-    let mut model = plugin
-        .create(&spec, &arm.model)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut model = plugin.create(&spec, &arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = model.param_counts();
     println!(
         "bench: {} preset:{} params:{} batch:{}x{} threads:{} steps:{} (+{} warmup)",
@@ -98,9 +86,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         "tokens/s: median {median:.0}  mean {mean:.0}  min {:.0}  max {:.0}  peak_rss_mb: {}",
         rates[0],
         rates[rates.len() - 1],
-        peak_rss_mb()
-            .map(|m| format!("{m:.0}"))
-            .unwrap_or_else(|| "-".into())
+        peak_rss_mb().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
     );
     Ok(true)
 }

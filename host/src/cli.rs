@@ -99,11 +99,7 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// The request made of these flags and `key=value` arguments (`variant=` picked out).
     pub fn request(&self, overrides: &[String]) -> Result<Request> {
-        let mut request = Request {
-            preset: self.preset.clone(),
-            variant: None,
-            overrides: Vec::new(),
-        };
+        let mut request = Request { preset: self.preset.clone(), variant: None, overrides: Vec::new() };
         crate::config::preset(&self.preset)?;
         for raw in overrides {
             let o: Override = raw.parse()?;
@@ -114,10 +110,7 @@ impl CommonArgs {
             }
         }
         if let Some(device) = &self.device {
-            request.overrides.push(Override {
-                key: "device".into(),
-                value: device.clone(),
-            });
+            request.overrides.push(Override { key: "device".into(), value: device.clone() });
         }
         Ok(request)
     }
@@ -153,18 +146,8 @@ fn config_help() -> String {
 }
 
 fn field_line(f: &FieldSpec) -> String {
-    let choices = if f.choices.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", f.choices.join("|"))
-    };
-    format!(
-        "  {:<18} {:<8} {:<10} {}{choices}\n",
-        f.name,
-        f.kind,
-        f.default.to_string(),
-        f.help
-    )
+    let choices = if f.choices.is_empty() { String::new() } else { format!(" [{}]", f.choices.join("|")) };
+    format!("  {:<18} {:<8} {:<10} {}{choices}\n", f.name, f.kind, f.default.to_string(), f.help)
 }
 
 pub fn main() -> ExitCode {
@@ -172,8 +155,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LMHOST_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("LMHOST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .without_time()
         .with_target(false)
@@ -195,11 +177,7 @@ pub fn main() -> ExitCode {
 }
 
 fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 fn dispatch(command: Command) -> Result<bool> {
@@ -243,13 +221,9 @@ fn dispatch(command: Command) -> Result<bool> {
             Ok(true)
         }
         Command::Probe { source, request } => {
-            let source: PluginSource =
-                serde_json::from_str(&source).context("probe: bad source")?;
+            let source: PluginSource = serde_json::from_str(&source).context("probe: bad source")?;
             let request: Request = serde_json::from_str(&request).context("probe: bad request")?;
-            println!(
-                "{}",
-                serde_json::to_string(&orchestrate::probe_here(&source, &request))?
-            );
+            println!("{}", serde_json::to_string(&orchestrate::probe_here(&source, &request))?);
             Ok(true)
         }
     }
@@ -274,26 +248,16 @@ fn demo_plugin_folder() -> Result<PathBuf> {
 
 fn list() -> Result<bool> {
     let baseline = PluginDescription::builtin();
-    println!(
-        "{:<22} {:<8} {:<34} summary",
-        "plugin", "version", "variants"
-    );
-    println!(
-        "{:<22} {:<8} {:<34} {}",
-        "baseline (built-in)", baseline.version, "-", baseline.summary
-    );
+    println!("{:<22} {:<8} {:<34} summary", "plugin", "version", "variants");
+    println!("{:<22} {:<8} {:<34} {}", "baseline (built-in)", baseline.version, "-", baseline.summary);
     for (name, path) in workspace::discover(Path::new("plugins")) {
         match path {
-            None => println!(
-                "{name:<22} {:<8} {:<34} not built: cargo build --release --workspace",
-                "-", "-"
-            ),
+            None => {
+                println!("{name:<22} {:<8} {:<34} not built: cargo build --release --workspace", "-", "-")
+            }
             Some(path) => match orchestrate::probe(
                 &PluginSource::Library { path: path.clone() },
-                &Request {
-                    preset: "tiny".into(),
-                    ..Request::default()
-                },
+                &Request { preset: "tiny".into(), ..Request::default() },
             ) {
                 Ok(probed) => {
                     let d = probed.description;
@@ -324,14 +288,7 @@ fn describe(arg: &str) -> Result<bool> {
     let d = match &source {
         PluginSource::Builtin => PluginDescription::builtin(),
         other => {
-            orchestrate::probe(
-                other,
-                &Request {
-                    preset: "tiny".into(),
-                    ..Request::default()
-                },
-            )?
-            .description
+            orchestrate::probe(other, &Request { preset: "tiny".into(), ..Request::default() })?.description
         }
     };
     println!(
@@ -346,12 +303,7 @@ fn describe(arg: &str) -> Result<bool> {
     if !d.variants.is_empty() {
         println!("Variants (variant=NAME; the first is the default):");
         for v in &d.variants {
-            println!(
-                "  {:<16} {}  {}",
-                v.name,
-                v.summary,
-                serde_json::Value::Object(v.overrides.clone())
-            );
+            println!("  {:<16} {}  {}", v.name, v.summary, serde_json::Value::Object(v.overrides.clone()));
         }
         println!();
     }

@@ -77,11 +77,7 @@ lmhost_kit::knobs! {
 
 impl RunConfig {
     pub fn check(&self) -> Result<()> {
-        if self.steps == 0
-            || self.batch_size == 0
-            || self.micro_batch_size == 0
-            || self.context_length < 2
-        {
+        if self.steps == 0 || self.batch_size == 0 || self.micro_batch_size == 0 || self.context_length < 2 {
             bail!("steps, batch_size and micro_batch_size must be positive and context_length at least 2");
         }
         if !self.batch_size.is_multiple_of(self.micro_batch_size) {
@@ -152,17 +148,13 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 pub fn preset(name: &str) -> Result<&'static [(&'static str, &'static str)]> {
-    PRESETS
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| p.settings)
-        .with_context(|| {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-            match closest(name, &names) {
-                Some(near) => format!("unknown preset `{name}` (did you mean `{near}`?)"),
-                None => format!("unknown preset `{name}`: use one of {}", names.join(", ")),
-            }
-        })
+    PRESETS.iter().find(|p| p.name == name).map(|p| p.settings).with_context(|| {
+        let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+        match closest(name, &names) {
+            Some(near) => format!("unknown preset `{name}` (did you mean `{near}`?)"),
+            None => format!("unknown preset `{name}`: use one of {}", names.join(", ")),
+        }
+    })
 }
 
 /// One `key=value` from the command line.
@@ -175,16 +167,12 @@ pub struct Override {
 impl std::str::FromStr for Override {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (key, value) = s
-            .split_once('=')
-            .with_context(|| format!("`{s}` is not key=value (e.g. lr=6e-4)"))?;
+        let (key, value) =
+            s.split_once('=').with_context(|| format!("`{s}` is not key=value (e.g. lr=6e-4)"))?;
         if key.is_empty() {
             bail!("`{s}` has an empty key");
         }
-        Ok(Self {
-            key: key.trim().to_owned(),
-            value: value.trim().to_owned(),
-        })
+        Ok(Self { key: key.trim().to_owned(), value: value.trim().to_owned() })
     }
 }
 
@@ -192,11 +180,7 @@ impl std::str::FromStr for Override {
 pub fn typed_value(field: &FieldSpec, raw: &str) -> Result<Value> {
     let bad = |what: &str| anyhow::anyhow!("{}={raw}: expected {what}", field.name);
     Ok(match field.kind.as_str() {
-        "int" => Value::from(
-            raw.replace('_', "")
-                .parse::<u64>()
-                .map_err(|_| bad("a non-negative integer"))?,
-        ),
+        "int" => Value::from(raw.replace('_', "").parse::<u64>().map_err(|_| bad("a non-negative integer"))?),
         "float" => Value::from(raw.parse::<f64>().map_err(|_| bad("a number"))?),
         "bool" => Value::from(raw.parse::<bool>().map_err(|_| bad("true or false"))?),
         "enum" if !field.choices.iter().any(|c| c == raw) => {
@@ -220,11 +204,7 @@ impl ArmConfig {
 
     /// Every knob in one sorted map, for display and comparison.
     pub fn flat(&self) -> BTreeMap<String, Value> {
-        self.run
-            .iter()
-            .chain(&self.model)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.run.iter().chain(&self.model).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -238,35 +218,23 @@ pub struct Request {
 
 /// Resolves `request` for a plugin: returns the arm's config (model part not yet validated by
 /// the plugin) and the override keys this plugin does not know.
-pub fn resolve_arm(
-    plugin: &PluginDescription,
-    request: &Request,
-) -> Result<(ArmConfig, Vec<String>)> {
+pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(ArmConfig, Vec<String>)> {
     let host_fields = RunConfig::fields();
     let mut run = RunConfig::default().to_map();
     let mut model: Map<String, Value> = Map::new();
-    let set = |key: &str,
-               value: Value,
-               run: &mut Map<String, Value>,
-               model: &mut Map<String, Value>|
-     -> bool {
-        if host_fields.iter().any(|f| f.name == key) {
-            run.insert(key.to_owned(), value);
-            true
-        } else if plugin.fields.iter().any(|f| f.name == key) {
-            model.insert(key.to_owned(), value);
-            true
-        } else {
-            false
-        }
-    };
-    let field = |key: &str| {
-        host_fields
-            .iter()
-            .chain(&plugin.fields)
-            .find(|f| f.name == key)
-            .cloned()
-    };
+    let set =
+        |key: &str, value: Value, run: &mut Map<String, Value>, model: &mut Map<String, Value>| -> bool {
+            if host_fields.iter().any(|f| f.name == key) {
+                run.insert(key.to_owned(), value);
+                true
+            } else if plugin.fields.iter().any(|f| f.name == key) {
+                model.insert(key.to_owned(), value);
+                true
+            } else {
+                false
+            }
+        };
+    let field = |key: &str| host_fields.iter().chain(&plugin.fields).find(|f| f.name == key).cloned();
 
     for (key, raw) in preset(&request.preset)? {
         if let Some(f) = field(key) {
@@ -274,28 +242,17 @@ pub fn resolve_arm(
         }
     }
     if let Some(name) = &request.variant {
-        let variant = plugin
-            .variants
-            .iter()
-            .find(|v| &v.name == name)
-            .with_context(|| {
-                let names: Vec<&str> = plugin.variants.iter().map(|v| v.name.as_str()).collect();
-                if names.is_empty() {
-                    format!("{} has no variants", plugin.name)
-                } else {
-                    format!(
-                        "{} has no variant `{name}`: it has {}",
-                        plugin.name,
-                        names.join(", ")
-                    )
-                }
-            })?;
+        let variant = plugin.variants.iter().find(|v| &v.name == name).with_context(|| {
+            let names: Vec<&str> = plugin.variants.iter().map(|v| v.name.as_str()).collect();
+            if names.is_empty() {
+                format!("{} has no variants", plugin.name)
+            } else {
+                format!("{} has no variant `{name}`: it has {}", plugin.name, names.join(", "))
+            }
+        })?;
         for (key, value) in &variant.overrides {
             if !set(key, value.clone(), &mut run, &mut model) {
-                bail!(
-                    "variant `{name}` of {} sets `{key}`, which the plugin does not declare",
-                    plugin.name
-                );
+                bail!("variant `{name}` of {} sets `{key}`, which the plugin does not declare", plugin.name);
             }
         }
     }
@@ -315,13 +272,11 @@ pub fn resolve_arm(
 
 /// An error for override keys that no arm declares, with the nearest declared name.
 pub fn unknown_key_error(key: &str, fields: &[&FieldSpec]) -> anyhow::Error {
-    let names: Vec<&str> = fields
-        .iter()
-        .map(|f| f.name.as_str())
-        .chain(["variant"])
-        .collect();
+    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).chain(["variant"]).collect();
     match closest(key, &names) {
-        Some(near) => anyhow::anyhow!("unknown config key `{key}` (did you mean `{near}`?); `lmhost describe PLUGIN` lists them all"),
+        Some(near) => anyhow::anyhow!(
+            "unknown config key `{key}` (did you mean `{near}`?); `lmhost describe PLUGIN` lists them all"
+        ),
         None => anyhow::anyhow!("unknown config key `{key}`; `lmhost describe PLUGIN` lists them all"),
     }
 }
@@ -344,8 +299,7 @@ mod tests {
 
     #[test]
     fn presets_then_overrides_land_in_the_right_half() {
-        let (c, unknown) =
-            resolve_arm(&baseline(), &request("small", &["lr=3e-4", "n_layer=2"])).unwrap();
+        let (c, unknown) = resolve_arm(&baseline(), &request("small", &["lr=3e-4", "n_layer=2"])).unwrap();
         assert!(unknown.is_empty());
         assert_eq!(c.run["context_length"], Value::from(256));
         assert_eq!(c.run["lr"], Value::from(3e-4));
@@ -357,27 +311,16 @@ mod tests {
     #[test]
     fn bad_values_and_unknown_keys_are_reported() {
         let err = resolve_arm(&baseline(), &request("tiny", &["n_layer=two"])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "n_layer=two: expected a non-negative integer"
-        );
+        assert_eq!(err.to_string(), "n_layer=two: expected a non-negative integer");
         let err = resolve_arm(&baseline(), &request("tiny", &["schedule=cosin"])).unwrap_err();
-        assert!(
-            err.to_string().contains("constant, cosine, linear"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("constant, cosine, linear"), "{err}");
         let (_, unknown) = resolve_arm(&baseline(), &request("tiny", &["n_layres=2"])).unwrap();
         assert_eq!(unknown, vec!["n_layres"]);
         let fields = baseline().fields;
         let all: Vec<&FieldSpec> = fields.iter().collect();
-        assert!(unknown_key_error("n_layres", &all)
-            .to_string()
-            .contains("did you mean `n_layer`"));
-        let err = resolve_arm(
-            &baseline(),
-            &request("tiny", &["batch_size=6", "micro_batch_size=4"]),
-        )
-        .unwrap_err();
+        assert!(unknown_key_error("n_layres", &all).to_string().contains("did you mean `n_layer`"));
+        let err =
+            resolve_arm(&baseline(), &request("tiny", &["batch_size=6", "micro_batch_size=4"])).unwrap_err();
         assert!(err.to_string().contains("must divide"), "{err}");
         assert!(resolve_arm(&baseline(), &request("tiyn", &[]))
             .unwrap_err()

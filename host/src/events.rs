@@ -40,11 +40,7 @@ pub enum Event {
 /// Sends an event to the orchestrator.
 pub fn emit(event: &Event) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string(event).expect("event serialises")
-    );
+    let _ = writeln!(out, "{}", serde_json::to_string(event).expect("event serialises"));
     let _ = out.flush();
 }
 
@@ -58,11 +54,7 @@ pub struct ArmView {
 
 impl ArmView {
     pub fn new(arm: &str) -> Self {
-        Self {
-            arm: arm.to_owned(),
-            interactive: std::io::stderr().is_terminal(),
-            bar: None,
-        }
+        Self { arm: arm.to_owned(), interactive: std::io::stderr().is_terminal(), bar: None }
     }
 
     fn start_bar(&mut self, steps: u64) {
@@ -79,12 +71,7 @@ impl ArmView {
 
     pub fn show(&mut self, event: &Event) {
         match event {
-            Event::Started {
-                params_train,
-                params_prod,
-                steps,
-                tokens_per_step,
-            } => {
+            Event::Started { params_train, params_prod, steps, tokens_per_step } => {
                 self.line(&format!(
                     "arm:{} params:{}/{} steps:{steps} tokens_per_step:{tokens_per_step}",
                     self.arm,
@@ -95,15 +82,7 @@ impl ArmView {
                     self.start_bar(*steps);
                 }
             }
-            Event::Progress {
-                step,
-                steps,
-                loss,
-                val_loss,
-                lr,
-                tokens_per_s,
-                eta_s,
-            } => {
+            Event::Progress { step, steps, loss, val_loss, lr, tokens_per_s, eta_s } => {
                 let val = val_loss.map(|v| format!(" val:{v:.3}")).unwrap_or_default();
                 let fields = format!(
                     "loss:{loss:.3}{val} lr:{lr:.1e} tok/s:{} eta:{}",
@@ -122,10 +101,7 @@ impl ArmView {
                 if let Some(bar) = &self.bar {
                     bar.finish_and_clear();
                 }
-                let val = result
-                    .val_loss
-                    .map(|v| format!(" val:{v:.3}"))
-                    .unwrap_or_default();
+                let val = result.val_loss.map(|v| format!(" val:{v:.3}")).unwrap_or_default();
                 self.line(&format!(
                     "arm:{} status:finished step:{}{val} tok/s:{} wall:{}",
                     self.arm,
@@ -138,11 +114,7 @@ impl ArmView {
                 if let Some(bar) = &self.bar {
                     bar.abandon();
                 }
-                self.line(&format!(
-                    "arm:{} status:{} {message}",
-                    self.arm,
-                    status.as_str()
-                ));
+                self.line(&format!("arm:{} status:{} {message}", self.arm, status.as_str()));
             }
         }
     }

@@ -49,34 +49,20 @@ pub fn export_command(args: &ExportArgs) -> Result<bool> {
     } else {
         (training_weights(&args.run)?, "weights.safetensors")
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.run.join(default_name));
+    let out = args.out.clone().unwrap_or_else(|| args.run.join(default_name));
     if out.exists() && !args.overwrite {
-        bail!(
-            "{} already exists; pass --overwrite to replace it, or another --out",
-            out.display()
-        );
+        bail!("{} already exists; pass --overwrite to replace it, or another --out", out.display());
     }
     if args.verify {
         verify(&mut run, &bytes)?;
     }
     write_atomic(&out, &bytes)?;
-    println!(
-        "wrote {} ({:.1} MB)",
-        out.display(),
-        bytes.len() as f64 / 1e6
-    );
+    println!("wrote {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6);
     Ok(true)
 }
 
 pub fn prod_weights(model: &mut ModelBox) -> Result<Vec<u8>> {
-    Ok(model
-        .export_prod()
-        .into_result()
-        .map_err(|e| anyhow::anyhow!("export {e}"))?
-        .into_vec())
+    Ok(model.export_prod().into_result().map_err(|e| anyhow::anyhow!("export {e}"))?.into_vec())
 }
 
 /// The model's weights from the last checkpoint, without the optimiser state.
@@ -84,10 +70,8 @@ fn training_weights(run: &Path) -> Result<Vec<u8>> {
     let checkpoint = last_checkpoint(run)?;
     let state = lmhost_kit::candle::safetensors::load(&checkpoint, &Device::Cpu)
         .with_context(|| format!("cannot read {}", checkpoint.display()))?;
-    let weights: Vec<(String, _)> = state
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_owned(), v)))
-        .collect();
+    let weights: Vec<(String, _)> =
+        state.into_iter().filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_owned(), v))).collect();
     Ok(safetensors::tensor::serialize(weights, None)?)
 }
 
@@ -99,35 +83,20 @@ fn verify(run: &mut Trained, prod: &[u8]) -> Result<()> {
         .load_weights(RSlice::from_slice(prod))
         .into_result()
         .map_err(|e| anyhow::anyhow!("the prod weights do not fit the built-in baseline: {e}"))?;
-    let (prod_count, baseline_count) =
-        (run.model.param_counts().prod, baseline.param_counts().train);
+    let (prod_count, baseline_count) = (run.model.param_counts().prod, baseline.param_counts().train);
     if prod_count != baseline_count {
         bail!("the prod model has {prod_count} parameters, the baseline {baseline_count}");
     }
     let context = run.spec.context_length as usize;
     let rows = 4;
     let windows = validation_windows(&run.data()?.val, rows, context);
-    let ids: Vec<u32> = windows
-        .chunks(context + 1)
-        .flat_map(|w| w[..context].iter().copied())
-        .collect();
+    let ids: Vec<u32> = windows.chunks(context + 1).flat_map(|w| w[..context].iter().copied()).collect();
     let logits = |m: &mut ModelBox| -> Result<Vec<f32>> {
-        let batch = TokenBatch {
-            ids: RSlice::from_slice(&ids),
-            rows: rows as u32,
-            cols: context as u32,
-        };
-        Ok(m.logits(batch)
-            .into_result()
-            .map_err(|e| anyhow::anyhow!("logits {e}"))?
-            .into_vec())
+        let batch = TokenBatch { ids: RSlice::from_slice(&ids), rows: rows as u32, cols: context as u32 };
+        Ok(m.logits(batch).into_result().map_err(|e| anyhow::anyhow!("logits {e}"))?.into_vec())
     };
     let (ours, theirs) = (logits(&mut run.model)?, logits(&mut baseline)?);
-    let worst = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     println!(
         "verify: the built-in baseline loaded with the prod weights gives the experiment's logits to max |Δ| = {worst:.2e} over {} logits ({rows} validation windows); {prod_count} parameters, as the baseline",
         ours.len()

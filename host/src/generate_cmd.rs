@@ -65,9 +65,7 @@ pub fn generate_command(args: &GenerateArgs) -> Result<bool> {
         baseline
             .load_weights(RSlice::from_slice(&weights))
             .into_result()
-            .map_err(|e| {
-                anyhow::anyhow!("the prod weights do not fit the built-in baseline: {e}")
-            })?;
+            .map_err(|e| anyhow::anyhow!("the prod weights do not fit the built-in baseline: {e}"))?;
         baseline
     } else {
         run.model
@@ -87,9 +85,7 @@ pub fn generate_command(args: &GenerateArgs) -> Result<bool> {
         .generate(RSlice::from_slice(&prompt), settings)
         .into_result()
         .map_err(|e| anyhow::anyhow!("generate {e}"))?;
-    let text = tokenizer
-        .decode(&new, true)
-        .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
+    let text = tokenizer.decode(&new, true).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))?;
     println!("{}{text}", args.prompt);
     Ok(true)
 }

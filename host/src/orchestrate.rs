@@ -64,15 +64,9 @@ pub fn probe_here(source: &PluginSource, request: &Request) -> ProbeReply {
         config.model = plugin
             .resolve_model_config(&config.model)
             .map_err(|e| anyhow::anyhow!("{} {e}", plugin.description.name))?;
-        Ok(ProbeReply::Ok(Box::new(Probed {
-            description: plugin.description,
-            config,
-            unknown,
-        })))
+        Ok(ProbeReply::Ok(Box::new(Probed { description: plugin.description, config, unknown })))
     })();
-    result.unwrap_or_else(|e| ProbeReply::Error {
-        message: format!("{e:#}"),
-    })
+    result.unwrap_or_else(|e| ProbeReply::Error { message: format!("{e:#}") })
 }
 
 /// Runs the probe in a child process.
@@ -147,10 +141,9 @@ pub fn run(plan: &RunPlan) -> Result<bool> {
     let name = arms.last().map(|a| a.record.id.clone()).unwrap_or_default();
     match crate::report_cmd::report_after_run(&dirs, &name) {
         Ok(path) => println!("report: {}", path.display()),
-        Err(e) => eprintln!(
-            "note: no report written: {}",
-            format!("{e:#}").lines().next().unwrap_or_default()
-        ),
+        Err(e) => {
+            eprintln!("note: no report written: {}", format!("{e:#}").lines().next().unwrap_or_default())
+        }
     }
     Ok(all_ok)
 }
@@ -169,10 +162,7 @@ fn resolve_arms(plan: &RunPlan) -> Result<Vec<PlannedArm>> {
     let mut unknown_per_arm = Vec::new();
     if experiment.is_none() || !plan.no_baseline {
         let description = PluginDescription::builtin();
-        let request = Request {
-            variant: None,
-            ..plan.request.clone()
-        };
+        let request = Request { variant: None, ..plan.request.clone() };
         let (mut config, unknown) = resolve_arm(&description, &request)?;
         config.model = Plugin::builtin()
             .resolve_model_config(&config.model)
@@ -187,12 +177,7 @@ fn resolve_arms(plan: &RunPlan) -> Result<Vec<PlannedArm>> {
             config,
         });
     }
-    if let Some(Probed {
-        description,
-        config,
-        unknown,
-    }) = experiment
-    {
+    if let Some(Probed { description, config, unknown }) = experiment {
         unknown_per_arm.push(unknown);
         arms.push(PlannedArm {
             arm: Arm::Experiment,
@@ -203,12 +188,8 @@ fn resolve_arms(plan: &RunPlan) -> Result<Vec<PlannedArm>> {
             config,
         });
     }
-    if let Some(key) = plan
-        .request
-        .overrides
-        .iter()
-        .map(|o| &o.key)
-        .find(|k| unknown_per_arm.iter().all(|u| u.contains(k)))
+    if let Some(key) =
+        plan.request.overrides.iter().map(|o| &o.key).find(|k| unknown_per_arm.iter().all(|u| u.contains(k)))
     {
         let mut fields = RunConfig::fields();
         for a in &arms {
@@ -281,22 +262,12 @@ fn create_runs(
     derived: &Derived,
 ) -> Result<Vec<ArmRun>> {
     let store = RunStore::new(&plan.runs_dir);
-    let data_record = DataRecord {
-        cache_dir: data.dir.clone(),
-        manifest: data.manifest.clone(),
-    };
+    let data_record = DataRecord { cache_dir: data.dir.clone(), manifest: data.manifest.clone() };
     let comparing = planned.len() > 1;
     let mut runs = Vec::new();
     for p in planned {
-        let record = new_record(
-            p.arm,
-            &p.description,
-            &p.source,
-            &p.request,
-            p.config,
-            &data_record,
-            derived,
-        )?;
+        let record =
+            new_record(p.arm, &p.description, &p.source, &p.request, p.config, &data_record, derived)?;
         let reuse = (p.arm == Arm::Baseline && comparing && !plan.retrain_baseline)
             .then(|| store.find_finished(&record.fingerprint))
             .flatten();
@@ -316,9 +287,7 @@ fn create_runs(
 
 /// Refuses a device this build or this machine does not have, before anything is written.
 fn check_device(device: &str) -> Result<()> {
-    lmhost_kit::trainer::parse_device(device)
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    lmhost_kit::trainer::parse_device(device).map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn new_record(
@@ -346,16 +315,15 @@ fn new_record(
             version: description.version.clone(),
             api_version: description.api_version.clone(),
             variant: match arm {
-                Arm::Experiment => request
-                    .variant
-                    .clone()
-                    .or_else(|| description.variants.first().map(|v| v.name.clone())),
+                Arm::Experiment => {
+                    request.variant.clone().or_else(|| description.variants.first().map(|v| v.name.clone()))
+                }
                 Arm::Baseline => None,
             },
             source: match source {
-                PluginSource::Library { path } => PluginSource::Library {
-                    path: path.canonicalize().unwrap_or(path.clone()),
-                },
+                PluginSource::Library { path } => {
+                    PluginSource::Library { path: path.canonicalize().unwrap_or(path.clone()) }
+                }
                 other => other.clone(),
             },
             sha256,
@@ -375,8 +343,7 @@ fn new_record(
 
 fn create_arm(store: &RunStore, label: &str, mut record: RunRecord) -> Result<ArmRun> {
     let seed = record.config.run_config()?.seed;
-    let (id, dir) =
-        store.create_dir(&record.plugin.name, record.plugin.variant.as_deref(), seed)?;
+    let (id, dir) = store.create_dir(&record.plugin.name, record.plugin.variant.as_deref(), seed)?;
     record.id = id;
     run_store::write_record(&dir, &record)?;
     // The run keeps its own tokenizer, so it can be read and sampled without the cache.
@@ -384,19 +351,14 @@ fn create_arm(store: &RunStore, label: &str, mut record: RunRecord) -> Result<Ar
     std::fs::copy(&tokenizer, dir.join("tokenizer.json"))
         .with_context(|| format!("cannot copy {}", tokenizer.display()))?;
     println!("arm:{label} run:{}", dir.display());
-    Ok(ArmRun {
-        label: label.to_owned(),
-        dir,
-        record,
-        reused: false,
-    })
+    Ok(ArmRun { label: label.to_owned(), dir, record, reused: false })
 }
 
 /// Trains one arm in a worker process; false when it did not finish.
 fn train_arm(arm: &mut ArmRun) -> Result<bool> {
     let log_path = arm.dir.join("worker.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log =
+        std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("worker")
         .arg(&arm.dir)
@@ -436,10 +398,7 @@ fn train_arm(arm: &mut ArmRun) -> Result<bool> {
             arm.record.error = Some(message.clone());
             run_store::write_record(&arm.dir, &arm.record)?;
         }
-        view.show(&Event::Stopped {
-            status: Status::Failed,
-            message,
-        });
+        view.show(&Event::Stopped { status: Status::Failed, message });
     }
     Ok(false)
 }
@@ -452,19 +411,14 @@ fn print_summary(arms: &[ArmRun]) {
     );
     for a in arms {
         let r = a.record.result.clone().unwrap_or_default();
-        let opt =
-            |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
+        let opt = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<14} {:<10} {:>9} {:>8} {:>15} {:>7} {:>7}  {}",
             a.label,
             a.record.status.as_str(),
             opt(r.val_loss, 4),
             opt(r.val_accuracy, 4),
-            format!(
-                "{}/{}",
-                human(r.params_train as f64),
-                human(r.params_prod as f64)
-            ),
+            format!("{}/{}", human(r.params_train as f64), human(r.params_prod as f64)),
             human(r.tokens_per_s),
             duration(r.wall_s),
             a.dir.display()
@@ -482,11 +436,7 @@ fn print_summary(arms: &[ArmRun]) {
     }
     for a in arms {
         if let Some(err) = &a.record.error {
-            eprintln!(
-                "error: {} arm ({}): {err}",
-                a.label,
-                a.record.status.as_str()
-            );
+            eprintln!("error: {} arm ({}): {err}", a.label, a.record.status.as_str());
         }
     }
 }
@@ -515,9 +465,7 @@ mod tests {
 
     #[test]
     fn arms_must_share_data_seed_and_budget() {
-        assert!(
-            check_same_footing(&planned("a", &["lr=1e-3"]), &planned("b", &["lr=3e-4"])).is_ok()
-        );
+        assert!(check_same_footing(&planned("a", &["lr=1e-3"]), &planned("b", &["lr=3e-4"])).is_ok());
         let err = check_same_footing(&planned("a", &[]), &planned("b", &["seed=2"])).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -97,17 +97,9 @@ pub enum PluginLoadError {
     #[error("{path} is a shared library but not an lmhost plugin (it exports no plugin root module); a plugin crate ends with `lmhost_kit::export_plugin!(YourExperiment);`")]
     NotAPlugin { path: String },
     #[error("{path} was built against plugin-api {found}, but this lmhost speaks plugin-api {expected}; rebuild the plugin in this workspace with `cargo build --release --workspace`")]
-    WrongApiVersion {
-        path: String,
-        found: String,
-        expected: String,
-    },
+    WrongApiVersion { path: String, found: String, expected: String },
     #[error("{path} was built against an incompatible plugin-api layout ({summary}); full report in {report}; rebuild the plugin in this workspace with `cargo build --release --workspace`")]
-    WrongLayout {
-        path: String,
-        summary: String,
-        report: String,
-    },
+    WrongLayout { path: String, summary: String, report: String },
     #[error("{path} could not be loaded: {reason}")]
     Other { path: String, reason: String },
 }
@@ -147,13 +139,7 @@ impl Plugin {
             .and_then(|header| header.init_root_module::<PluginModRef>())
             .map_err(|e| load_error(&shown, e))?;
         let description = PluginDescription::from_info(&(module.info())());
-        Ok(Self {
-            module,
-            description,
-            source: PluginSource::Library {
-                path: path.to_owned(),
-            },
-        })
+        Ok(Self { module, description, source: PluginSource::Library { path: path.to_owned() } })
     }
 
     /// The plugin's model config with defaults filled in, or its one-line refusal.
@@ -171,11 +157,7 @@ impl Plugin {
         })
     }
 
-    pub fn create(
-        &self,
-        spec: &RunSpec,
-        model: &Map<String, Value>,
-    ) -> Result<ModelBox, PluginError> {
+    pub fn create(&self, spec: &RunSpec, model: &Map<String, Value>) -> Result<ModelBox, PluginError> {
         let json = Value::Object(model.clone()).to_string();
         (self.module.create())(spec, RStr::from_str(&json)).into_result()
     }
@@ -184,37 +166,25 @@ impl Plugin {
 fn load_error(path: &str, e: LibraryError) -> PluginLoadError {
     let path = path.to_owned();
     match e {
-        LibraryError::OpenError { err, .. } => PluginLoadError::NotALibrary {
-            path,
-            reason: first_line(&err.to_string()),
-        },
+        LibraryError::OpenError { err, .. } => {
+            PluginLoadError::NotALibrary { path, reason: first_line(&err.to_string()) }
+        }
         LibraryError::GetSymbolError { .. } => PluginLoadError::NotAPlugin { path },
-        LibraryError::IncompatibleVersionNumber {
-            expected_version,
-            actual_version,
-            ..
-        } => PluginLoadError::WrongApiVersion {
-            path,
-            found: actual_version.to_string(),
-            expected: expected_version.to_string(),
-        },
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            PluginLoadError::WrongApiVersion {
+                path,
+                found: actual_version.to_string(),
+                expected: expected_version.to_string(),
+            }
+        }
         LibraryError::AbiInstability(report) => {
             // abi_stable's report is hundreds of lines; show its `Error:` lines, keep the rest.
             let text = report.to_string();
-            let errors: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.starts_with("Error:"))
-                .collect();
+            let errors: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("Error:")).collect();
             let summary = if errors.is_empty() {
                 first_line(&text)
             } else {
-                let mut s = errors
-                    .iter()
-                    .take(3)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let mut s = errors.iter().take(3).copied().collect::<Vec<_>>().join("; ");
                 if errors.len() > 3 {
                     s.push_str(&format!("; and {} more", errors.len() - 3));
                 }
@@ -226,23 +196,12 @@ fn load_error(path: &str, e: LibraryError) -> PluginLoadError {
                 Ok(()) => report_path.display().to_string(),
                 Err(_) => "(could not be written)".into(),
             };
-            PluginLoadError::WrongLayout {
-                path,
-                summary,
-                report,
-            }
+            PluginLoadError::WrongLayout { path, summary, report }
         }
-        other => PluginLoadError::Other {
-            path,
-            reason: first_line(&other.to_string().replace('\n', " ")),
-        },
+        other => PluginLoadError::Other { path, reason: first_line(&other.to_string().replace('\n', " ")) },
     }
 }
 
 fn first_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_owned()
+    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_owned()
 }

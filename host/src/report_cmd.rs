@@ -51,10 +51,7 @@ pub struct CompareArgs {
 
 pub fn compare_command(args: &CompareArgs) -> Result<bool> {
     if !(0.0..1.0).contains(&args.smooth) {
-        bail!(
-            "--smooth {} must be in [0, 1): 0 turns smoothing off, 0.99 smooths most",
-            args.smooth
-        );
+        bail!("--smooth {} must be in [0, 1): 0 turns smoothing off, 0.99 smooths most", args.smooth);
     }
     let dirs = expand(&args.runs)?;
     let options = CompareOptions {
@@ -71,10 +68,7 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
         smoothing: args.smooth,
         force: args.force,
     };
-    let runs = dirs
-        .iter()
-        .map(|d| reports::Run::load(d))
-        .collect::<Result<Vec<_>, _>>()?;
+    let runs = dirs.iter().map(|d| reports::Run::load(d)).collect::<Result<Vec<_>, _>>()?;
     let comparison = reports::Comparison::new(runs, options)?;
     let out = match &args.out {
         Some(out) if out.join("report.html").exists() && !args.overwrite => {
@@ -84,10 +78,7 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
             )
         }
         Some(out) => out.clone(),
-        None => fresh_dir(
-            Path::new("reports"),
-            &slug(&reports::report::title(&comparison)),
-        ),
+        None => fresh_dir(Path::new("reports"), &slug(&reports::report::title(&comparison))),
     };
     let files = reports::report::write_report(&comparison, &out)?;
     print_summary(&comparison);
@@ -97,10 +88,7 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
 
 /// Writes the comparison of the arms that logged anything, at the end of `lmhost run`.
 pub fn report_after_run(dirs: &[PathBuf], name: &str) -> Result<PathBuf> {
-    let runs: Vec<reports::Run> = dirs
-        .iter()
-        .filter_map(|d| reports::Run::load(d).ok())
-        .collect();
+    let runs: Vec<reports::Run> = dirs.iter().filter_map(|d| reports::Run::load(d).ok()).collect();
     if runs.is_empty() {
         bail!("no arm logged any stats");
     }
@@ -124,9 +112,7 @@ fn print_summary(c: &reports::Comparison) {
             s.n,
             format!("{:.4} ± {:.4}", s.val_loss_mean, s.val_loss_std),
             s.difference.map(|d| format!("{d:+.4}")).unwrap_or_default(),
-            s.ci95
-                .map(|(a, b)| format!("[{a:+.3}, {b:+.3}]"))
-                .unwrap_or_default(),
+            s.ci95.map(|(a, b)| format!("[{a:+.3}, {b:+.3}]")).unwrap_or_default(),
             s.p_value.map(|p| format!("{p:.3}")).unwrap_or_default(),
             s.verdict
         );
@@ -157,16 +143,8 @@ fn expand(patterns: &[String]) -> Result<Vec<PathBuf>> {
 
 /// `value_norm/normv1_0 vs baseline` → `value_norm-normv1_0-vs-baseline`.
 fn slug(title: &str) -> String {
-    let s: String = title
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let s: String =
+        title.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
     let parts: Vec<&str> = s.split('-').filter(|p| !p.is_empty()).collect();
     let joined = parts.join("-");
     if joined.is_empty() {
@@ -179,13 +157,7 @@ fn slug(title: &str) -> String {
 /// `root/name`, or `root/name-2`, `-3`, … so no existing report is touched.
 fn fresh_dir(root: &Path, name: &str) -> PathBuf {
     (1..)
-        .map(|n| {
-            if n == 1 {
-                root.join(name)
-            } else {
-                root.join(format!("{name}-{n}"))
-            }
-        })
+        .map(|n| if n == 1 { root.join(name) } else { root.join(format!("{name}-{n}")) })
         .find(|p| !p.exists())
         .expect("an unused name")
 }
@@ -196,10 +168,7 @@ mod tests {
 
     #[test]
     fn report_names_are_tidy_and_never_reused() {
-        assert_eq!(
-            slug("value_norm/normv1_0 vs baseline"),
-            "value_norm-normv1_0-vs-baseline"
-        );
+        assert_eq!(slug("value_norm/normv1_0 vs baseline"), "value_norm-normv1_0-vs-baseline");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("a")).unwrap();
         assert_eq!(fresh_dir(dir.path(), "a"), dir.path().join("a-2"));

@@ -31,7 +31,11 @@ impl Trained {
                 bail!("{} was trained with {}, which is gone; rebuild it with `cargo build --release --workspace`", dir.display(), path.display());
             }
             if &run_store::sha256_file(path)? != expected {
-                bail!("{} changed since {} was trained (its sha256 differs); the checkpoint may not fit it", path.display(), dir.display());
+                bail!(
+                    "{} changed since {} was trained (its sha256 differs); the checkpoint may not fit it",
+                    path.display(),
+                    dir.display()
+                );
             }
         }
         let plugin = Plugin::open(&record.plugin.source)?;
@@ -47,24 +51,15 @@ impl Trained {
             .create(&spec, &record.config.model)
             .map_err(|e| anyhow::anyhow!("{} {e}", plugin.description.name))?;
         let checkpoint = last_checkpoint(dir)?;
-        let state = std::fs::read(&checkpoint)
-            .with_context(|| format!("cannot read {}", checkpoint.display()))?;
-        model
-            .load_state(RSlice::from_slice(&state))
-            .into_result()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not a checkpoint of this run ({e}); it may be corrupt",
-                    checkpoint.display()
-                )
-            })?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            record,
-            plugin,
-            model,
-            spec,
-        })
+        let state =
+            std::fs::read(&checkpoint).with_context(|| format!("cannot read {}", checkpoint.display()))?;
+        model.load_state(RSlice::from_slice(&state)).into_result().map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a checkpoint of this run ({e}); it may be corrupt",
+                checkpoint.display()
+            )
+        })?;
+        Ok(Self { dir: dir.to_owned(), record, plugin, model, spec })
     }
 
     /// The built-in baseline of the same size (the run's model-size and optimiser keys), for
@@ -79,18 +74,12 @@ impl Trained {
             .filter(|(k, _)| baseline.description.fields.iter().any(|f| &f.name == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        baseline
-            .create(&self.spec, &keys)
-            .map_err(|e| anyhow::anyhow!("baseline {e}"))
+        baseline.create(&self.spec, &keys).map_err(|e| anyhow::anyhow!("baseline {e}"))
     }
 
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let own = self.dir.join("tokenizer.json");
-        let path = if own.is_file() {
-            own
-        } else {
-            self.record.data.cache_dir.join("tokenizer.json")
-        };
+        let path = if own.is_file() { own } else { self.record.data.cache_dir.join("tokenizer.json") };
         Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot read the run's tokenizer {}: {e}", path.display()))
     }
@@ -107,10 +96,7 @@ impl Trained {
             .parent()
             .and_then(Path::parent)
             .context("the run's cache folder has no parent")?;
-        Ok(PreparedData::prepare(
-            &self.record.data.manifest.settings,
-            root,
-        )?)
+        Ok(PreparedData::prepare(&self.record.data.manifest.settings, root)?)
     }
 }
 
@@ -125,10 +111,5 @@ pub fn last_checkpoint(dir: &Path) -> Result<PathBuf> {
         })
         .unwrap_or_default();
     found.sort();
-    found.pop().with_context(|| {
-        format!(
-            "{} has no checkpoint (did it finish a step?)",
-            dir.display()
-        )
-    })
+    found.pop().with_context(|| format!("{} has no checkpoint (did it finish a step?)", dir.display()))
 }

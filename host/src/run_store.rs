@@ -78,16 +78,12 @@ impl HostRecord {
     pub fn current() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").into(),
-            binary_sha256: std::env::current_exe()
-                .ok()
-                .and_then(|exe| sha256_file(&exe).ok()),
+            binary_sha256: std::env::current_exe().ok().and_then(|exe| sha256_file(&exe).ok()),
             cuda: cfg!(feature = "cuda"),
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
             cpu_model: cpu_model(),
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             command: std::env::args().collect(),
         }
     }
@@ -174,14 +170,8 @@ impl RunStore {
     }
 
     /// A new, empty run folder named `<time>-<name>[-<variant>]-s<seed>`.
-    pub fn create_dir(
-        &self,
-        name: &str,
-        variant: Option<&str>,
-        seed: u64,
-    ) -> Result<(String, PathBuf)> {
-        fs::create_dir_all(&self.root)
-            .with_context(|| format!("cannot create {}", self.root.display()))?;
+    pub fn create_dir(&self, name: &str, variant: Option<&str>, seed: u64) -> Result<(String, PathBuf)> {
+        fs::create_dir_all(&self.root).with_context(|| format!("cannot create {}", self.root.display()))?;
         let mut base = format!("{}-{name}", compact_timestamp());
         if let Some(v) = variant {
             base.push('-');
@@ -189,18 +179,12 @@ impl RunStore {
         }
         base.push_str(&format!("-s{seed}"));
         for n in 1.. {
-            let id = if n == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{n}")
-            };
+            let id = if n == 1 { base.clone() } else { format!("{base}-{n}") };
             let dir = self.root.join(&id);
             match fs::create_dir(&dir) {
                 Ok(()) => return Ok((id, dir)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", dir.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
             }
         }
         unreachable!()
@@ -221,12 +205,8 @@ impl RunStore {
 
 pub fn read_record(dir: &Path) -> Result<RunRecord> {
     let path = dir.join("run.json");
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} is not a run folder (no readable run.json)",
-            dir.display()
-        )
-    })?;
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("{} is not a run folder (no readable run.json)", dir.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
 }
 
@@ -267,10 +247,8 @@ fn compact_timestamp() -> String {
 }
 
 fn utc_now() -> (i64, u32, u32, u64, u64, u64) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
     let z = days + 719_468;

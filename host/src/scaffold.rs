@@ -11,9 +11,7 @@ const LIB_RS: &str = include_str!("../templates/plugin_lib.rs");
 
 pub fn new_plugin(name: &str) -> Result<bool> {
     if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         || !name.starts_with(|c: char| c.is_ascii_lowercase())
     {
         bail!("`{name}` is not a plugin name: use snake_case letters, digits and _ (e.g. my_idea)");
@@ -23,26 +21,21 @@ pub fn new_plugin(name: &str) -> Result<bool> {
     if dir.exists() {
         bail!("{} already exists; pick another name", dir.display());
     }
-    let camel: String = name
-        .split('_')
-        .filter(|w| !w.is_empty())
-        .map(|w| w[..1].to_uppercase() + &w[1..])
-        .collect();
+    let camel: String =
+        name.split('_').filter(|w| !w.is_empty()).map(|w| w[..1].to_uppercase() + &w[1..]).collect();
     let fill = |t: &str| t.replace("{{name}}", name).replace("{{Name}}", &camel);
-    std::fs::create_dir_all(dir.join("src"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("Cargo.toml"), fill(CARGO_TOML))?;
     std::fs::write(dir.join("src/lib.rs"), fill(LIB_RS))?;
-    let shown = dir
-        .strip_prefix(std::env::current_dir().unwrap_or_default())
-        .unwrap_or(&dir)
-        .display()
-        .to_string();
+    let shown =
+        dir.strip_prefix(std::env::current_dir().unwrap_or_default()).unwrap_or(&dir).display().to_string();
     println!("created {shown}/ (Cargo.toml, src/lib.rs), a member of the workspace");
     println!("next:");
     println!("  edit {shown}/src/lib.rs                       # the marked place in the attention");
     println!("  cargo test --release -p {name}                # its own tests");
-    println!("  target/release/lmhost run {shown}            # builds the workspace, trains it and the baseline");
+    println!(
+        "  target/release/lmhost run {shown}            # builds the workspace, trains it and the baseline"
+    );
     Ok(true)
 }
 
@@ -59,6 +52,5 @@ fn workspace_root() -> Result<PathBuf> {
 }
 
 fn is_workspace(manifest: &Path) -> bool {
-    std::fs::read_to_string(manifest)
-        .is_ok_and(|t| t.contains("[workspace]") && t.contains("plugins/*"))
+    std::fs::read_to_string(manifest).is_ok_and(|t| t.contains("[workspace]") && t.contains("plugins/*"))
 }

@@ -39,15 +39,13 @@ impl LrSchedule {
             return self.peak * end / self.warmup;
         }
         let decay_start = self.warmup.max(start);
-        let progress = ((decay_start - self.warmup)
-            / (self.total - self.warmup).max(self.per_step))
-        .clamp(0.0, 1.0);
+        let progress =
+            ((decay_start - self.warmup) / (self.total - self.warmup).max(self.per_step)).clamp(0.0, 1.0);
         match self.kind {
             Schedule::Constant => self.peak,
             // Loshchilov & Hutter, SGDR (2017), eq. 5, without restarts.
             Schedule::Cosine => {
-                self.min
-                    + 0.5 * (self.peak - self.min) * (1.0 + (std::f64::consts::PI * progress).cos())
+                self.min + 0.5 * (self.peak - self.min) * (1.0 + (std::f64::consts::PI * progress).cos())
             }
             Schedule::Linear => self.peak - (self.peak - self.min) * progress,
         }

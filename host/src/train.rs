@@ -45,39 +45,26 @@ pub fn run_worker(dir: &Path) -> Result<()> {
     run_store::write_record(dir, &record)?;
     match error {
         None => {
-            emit(&Event::Finished {
-                result: record.result.clone().unwrap_or_default(),
-            });
+            emit(&Event::Finished { result: record.result.clone().unwrap_or_default() });
             Ok(())
         }
         Some(message) => {
-            emit(&Event::Stopped {
-                status,
-                message: message.clone(),
-            });
+            emit(&Event::Stopped { status, message: message.clone() });
             Err(anyhow::anyhow!(message))
         }
     }
 }
 
 fn setup_and_train(dir: &Path, record: &mut RunRecord) -> Result<()> {
-    if let (PluginSource::Library { path }, Some(expected)) =
-        (&record.plugin.source, &record.plugin.sha256)
-    {
+    if let (PluginSource::Library { path }, Some(expected)) = (&record.plugin.source, &record.plugin.sha256) {
         if &run_store::sha256_file(path)? != expected {
-            anyhow::bail!(
-                "{} changed since this run was set up; start a new run",
-                path.display()
-            );
+            anyhow::bail!("{} changed since this run was set up; start a new run", path.display());
         }
     }
     let plugin = Plugin::open(&record.plugin.source)?;
     let data = PreparedData::load(&record.data.cache_dir)?;
     if data.manifest.tokenizer_fingerprint != record.data.manifest.tokenizer_fingerprint {
-        anyhow::bail!(
-            "the token cache {} changed since this run was set up",
-            data.dir.display()
-        );
+        anyhow::bail!("the token cache {} changed since this run was set up", data.dir.display());
     }
     let config = record.config.run_config()?;
     let spec = RunSpec {
@@ -127,15 +114,9 @@ pub fn optimizer_step(
     let mut total = BatchStats::default();
     for micro in 0..c.accumulation() as u64 {
         let ids = train_batch(train, c.seed, step - 1, micro, rows, c.context_length);
-        let batch = TokenBatch {
-            ids: RSlice::from_slice(&ids),
-            rows: rows as u32,
-            cols: cols as u32,
-        };
-        let s = model
-            .forward_backward(batch, loss_scale)
-            .into_result()
-            .map_err(|e| ("forward_backward", e))?;
+        let batch = TokenBatch { ids: RSlice::from_slice(&ids), rows: rows as u32, cols: cols as u32 };
+        let s =
+            model.forward_backward(batch, loss_scale).into_result().map_err(|e| ("forward_backward", e))?;
         total.loss_sum += s.loss_sum;
         total.correct += s.correct;
         total.tokens += s.tokens;
@@ -143,10 +124,8 @@ pub fn optimizer_step(
     if !total.loss_sum.is_finite() {
         return Ok((total, f64::NAN));
     }
-    let report = model
-        .optimizer_step(StepSettings { step, lr })
-        .into_result()
-        .map_err(|e| ("optimizer_step", e))?;
+    let report =
+        model.optimizer_step(StepSettings { step, lr }).into_result().map_err(|e| ("optimizer_step", e))?;
     Ok((total, report.grad_norm))
 }
 
@@ -215,11 +194,8 @@ impl<'a> Training<'a> {
             steps,
             tokens_per_step: self.config.tokens_per_step(),
         });
-        let mut result = RunResult {
-            params_train: counts.train,
-            params_prod: counts.prod,
-            ..RunResult::default()
-        };
+        let mut result =
+            RunResult { params_train: counts.train, params_prod: counts.prod, ..RunResult::default() };
         let outcome = self.train_loop(steps, &mut result);
         // Whatever happened, keep every row measured so far.
         self.flush()?;
@@ -261,10 +237,7 @@ impl<'a> Training<'a> {
                 });
                 interval = (Duration::ZERO, 0);
             }
-            if self.config.checkpoint_every > 0
-                && step % self.config.checkpoint_every == 0
-                && step != steps
-            {
+            if self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0 && step != steps {
                 self.checkpoint(step)?;
             }
         }
@@ -276,9 +249,8 @@ impl<'a> Training<'a> {
     fn train_step(&mut self, step: u64) -> Result<(f64, Duration)> {
         let t0 = Instant::now();
         let lr = self.schedule.lr(step - 1);
-        let (total, grad_norm) =
-            optimizer_step(&mut self.model, &self.data.train, &self.config, step, lr)
-                .map_err(|(call, e)| self.plugin_error(call, e))?;
+        let (total, grad_norm) = optimizer_step(&mut self.model, &self.data.train, &self.config, step, lr)
+            .map_err(|(call, e)| self.plugin_error(call, e))?;
         let loss = total.loss_sum / total.tokens.max(1) as f64;
         let step_time = t0.elapsed();
         self.train_time += step_time;
@@ -292,33 +264,16 @@ impl<'a> Training<'a> {
             tokens_per_s: Some(total.tokens as f64 / step_time.as_secs_f64().max(1e-9)),
             ..StatsRow::at(step, self.tokens, wall, Split::Train)
         });
-        let metrics = self
-            .model
-            .extra_metrics()
-            .into_result()
-            .map_err(|e| self.plugin_error("extra_metrics", e))?;
+        let metrics =
+            self.model.extra_metrics().into_result().map_err(|e| self.plugin_error("extra_metrics", e))?;
         for m in metrics.iter() {
-            self.push(StatsRow::metric(
-                step,
-                self.tokens,
-                wall,
-                m.name.as_str(),
-                m.value,
-            ));
+            self.push(StatsRow::metric(step, self.tokens, wall, m.name.as_str(), m.value));
         }
         if !loss.is_finite() || !grad_norm.is_finite() {
-            let what = if loss.is_finite() {
-                "gradient norm"
-            } else {
-                "training loss"
-            };
+            let what = if loss.is_finite() { "gradient norm" } else { "training loss" };
             return Err(Stop::Diverged(format!(
                 "{what} became {} at step {step}; stats up to this step are kept",
-                if loss.is_nan() || grad_norm.is_nan() {
-                    "NaN"
-                } else {
-                    "infinite"
-                }
+                if loss.is_nan() || grad_norm.is_nan() { "NaN" } else { "infinite" }
             ))
             .into());
         }
@@ -335,11 +290,7 @@ impl<'a> Training<'a> {
                 rows: (chunk.len() / cols) as u32,
                 cols: cols as u32,
             };
-            let s = self
-                .model
-                .evaluate(batch)
-                .into_result()
-                .map_err(|e| self.plugin_error("evaluate", e))?;
+            let s = self.model.evaluate(batch).into_result().map_err(|e| self.plugin_error("evaluate", e))?;
             total.loss_sum += s.loss_sum;
             total.correct += s.correct;
             total.tokens += s.tokens;
@@ -350,12 +301,7 @@ impl<'a> Training<'a> {
             loss: Some(loss),
             accuracy: Some(accuracy),
             lr: Some(self.schedule.lr(step.saturating_sub(1))),
-            ..StatsRow::at(
-                step,
-                self.tokens,
-                self.started.elapsed().as_secs_f64(),
-                Split::Val,
-            )
+            ..StatsRow::at(step, self.tokens, self.started.elapsed().as_secs_f64(), Split::Val)
         };
         self.push(row);
         if !loss.is_finite() {
@@ -383,8 +329,7 @@ impl<'a> Training<'a> {
             .into_result()
             .map_err(|e| self.plugin_error("save_state", e))?;
         let dir = self.dir.join("checkpoints");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = format!("step_{step:06}.safetensors");
         write_atomic(&dir.join(&name), &bytes)?;
         Ok(format!("checkpoints/{name}"))

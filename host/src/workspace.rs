@@ -13,11 +13,7 @@ use crate::plugin::PluginSource;
 /// The file name a plugin library has on this platform.
 pub fn library_file_name(crate_name: &str) -> String {
     let stem = crate_name.replace('-', "_");
-    format!(
-        "{}{stem}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
+    format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
 }
 
 /// Turns what the user typed (`baseline`, a `.so` path, a crate folder, or a plugin name found
@@ -30,10 +26,7 @@ pub fn resolve_plugin_arg(arg: &str) -> Result<PluginSource> {
     if path.is_dir() && path.join("Cargo.toml").is_file() {
         return build_crate_folder(&path);
     }
-    if path
-        .extension()
-        .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
-        || path.components().count() > 1
+    if path.extension().is_some_and(|e| e == std::env::consts::DLL_EXTENSION) || path.components().count() > 1
     {
         return Ok(PluginSource::Library { path });
     }
@@ -78,18 +71,9 @@ fn metadata(dir: &Path) -> Result<Metadata> {
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(dir)
         .output()
-        .with_context(|| {
-            format!(
-                "cannot run cargo to build {}: is Rust installed?",
-                dir.display()
-            )
-        })?;
+        .with_context(|| format!("cannot run cargo to build {}: is Rust installed?", dir.display()))?;
     if !out.status.success() {
-        bail!(
-            "cargo metadata failed in {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("cargo metadata failed in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
     serde_json::from_slice(&out.stdout).context("cannot read cargo metadata")
 }
@@ -98,29 +82,20 @@ fn metadata(dir: &Path) -> Result<Metadata> {
 /// and returns the library of the crate in `folder`.
 pub fn build_crate_folder(folder: &Path) -> Result<PluginSource> {
     let meta = metadata(folder)?;
-    let folder = folder
-        .canonicalize()
-        .with_context(|| format!("cannot read {}", folder.display()))?;
-    let package = meta
-        .packages
-        .iter()
-        .find(|p| p.manifest_path.parent() == Some(folder.as_path()))
-        .with_context(|| {
-            format!(
-                "{} is not a member of the workspace at {}",
-                folder.display(),
-                meta.workspace_root.display()
-            )
-        })?;
-    let target = package
-        .targets
-        .iter()
-        .find(|t| t.crate_types.iter().any(|c| c == "cdylib"))
-        .with_context(|| {
-            format!(
-                "{} does not build a plugin: add `crate-type = [\"cdylib\"]` under [lib]",
-                package.name
-            )
+    let folder = folder.canonicalize().with_context(|| format!("cannot read {}", folder.display()))?;
+    let package =
+        meta.packages.iter().find(|p| p.manifest_path.parent() == Some(folder.as_path())).with_context(
+            || {
+                format!(
+                    "{} is not a member of the workspace at {}",
+                    folder.display(),
+                    meta.workspace_root.display()
+                )
+            },
+        )?;
+    let target =
+        package.targets.iter().find(|t| t.crate_types.iter().any(|c| c == "cdylib")).with_context(|| {
+            format!("{} does not build a plugin: add `crate-type = [\"cdylib\"]` under [lib]", package.name)
         })?;
     eprintln!("building the workspace (cargo build --release --workspace)…");
     let status = Command::new(cargo())
@@ -133,10 +108,7 @@ pub fn build_crate_folder(folder: &Path) -> Result<PluginSource> {
     }
     install_plugins(&meta)?;
     Ok(PluginSource::Library {
-        path: meta
-            .target_directory
-            .join("release")
-            .join(library_file_name(&target.name)),
+        path: meta.target_directory.join("release").join(library_file_name(&target.name)),
     })
 }
 
@@ -150,22 +122,14 @@ fn install_plugins(meta: &Metadata) -> Result<()> {
         if dir.parent() != Some(plugins_dir.as_path()) {
             continue;
         }
-        let Some(t) = p
-            .targets
-            .iter()
-            .find(|t| t.crate_types.iter().any(|c| c == "cdylib"))
-        else {
+        let Some(t) = p.targets.iter().find(|t| t.crate_types.iter().any(|c| c == "cdylib")) else {
             continue;
         };
-        let built = meta
-            .target_directory
-            .join("release")
-            .join(library_file_name(&t.name));
+        let built = meta.target_directory.join("release").join(library_file_name(&t.name));
         let link = plugins_dir.join(format!("{}.{}", t.name, std::env::consts::DLL_EXTENSION));
         if built.is_file() {
             let _ = std::fs::remove_file(&link);
-            link_or_copy(&built, &link)
-                .with_context(|| format!("cannot install {}", link.display()))?;
+            link_or_copy(&built, &link).with_context(|| format!("cannot install {}", link.display()))?;
         }
     }
     Ok(())
@@ -190,25 +154,14 @@ pub fn discover(dir: &Path) -> Vec<(String, Option<PathBuf>)> {
     let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for path in &entries {
-        if path
-            .extension()
-            .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
-        {
-            let name = path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
+        if path.extension().is_some_and(|e| e == std::env::consts::DLL_EXTENSION) {
+            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
             found.push((name, Some(path.clone())));
         }
     }
     for path in &entries {
         if path.join("Cargo.toml").is_file() {
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             if !found.iter().any(|(n, _)| n == &name) {
                 found.push((name, None));
             }

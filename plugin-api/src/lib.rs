@@ -163,10 +163,7 @@ pub struct PluginError {
 
 impl PluginError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: RString::from(message.into()),
-        }
+        Self { kind, message: RString::from(message.into()) }
     }
 }
 
@@ -286,8 +283,7 @@ pub struct PluginMod {
     pub resolve_config: extern "C" fn(config_json: RStr<'_>) -> RResult<RString, PluginError>,
 
     #[sabi(last_prefix_field)]
-    pub create:
-        extern "C" fn(spec: &RunSpec, config_json: RStr<'_>) -> RResult<ModelBox, PluginError>,
+    pub create: extern "C" fn(spec: &RunSpec, config_json: RStr<'_>) -> RResult<ModelBox, PluginError>,
 }
 
 impl RootModule for PluginModRef {

@@ -67,13 +67,7 @@ pub struct CompareOptions {
 
 impl Default for CompareOptions {
     fn default() -> Self {
-        Self {
-            baseline: None,
-            x: XAxis::Tokens,
-            band: Band::Std,
-            smoothing: 0.8,
-            force: false,
-        }
+        Self { baseline: None, x: XAxis::Tokens, band: Band::Std, smoothing: 0.8, force: false }
     }
 }
 
@@ -112,10 +106,7 @@ impl Metric {
 
     /// Per-step training series are noisy and get the EMA; evaluations are not smoothed.
     fn smoothed(&self) -> bool {
-        !matches!(
-            self,
-            Metric::ValLoss | Metric::ValAccuracy | Metric::LearningRate
-        )
+        !matches!(self, Metric::ValLoss | Metric::ValAccuracy | Metric::LearningRate)
     }
 
     fn value(&self, row: &StatsRow) -> Option<f64> {
@@ -147,10 +138,7 @@ impl Group {
 
     /// Each run's last validation loss (runs that never evaluated are left out).
     pub fn final_val_losses(&self) -> Vec<f64> {
-        self.runs
-            .iter()
-            .filter_map(|r| r.final_val().map(|v| v.0))
-            .collect()
+        self.runs.iter().filter_map(|r| r.final_val().map(|v| v.0)).collect()
     }
 }
 
@@ -195,16 +183,10 @@ impl Comparison {
         if runs.is_empty() {
             return Err(ReportError::Usage("no runs to compare".into()));
         }
-        let mut notes: Vec<String> = runs
-            .iter()
-            .flat_map(|r| r.notes.iter().map(move |n| format!("{}: {n}", r.id)))
-            .collect();
-        let fingerprints = |r: &Run| {
-            [
-                ("tokenizers", r.tokenizer.clone()),
-                ("validation sets", r.val_set.clone()),
-            ]
-        };
+        let mut notes: Vec<String> =
+            runs.iter().flat_map(|r| r.notes.iter().map(move |n| format!("{}: {n}", r.id))).collect();
+        let fingerprints =
+            |r: &Run| [("tokenizers", r.tokenizer.clone()), ("validation sets", r.val_set.clone())];
         for (i, (what, first)) in fingerprints(&runs[0]).into_iter().enumerate() {
             if let Some(other) = runs.iter().find(|r| fingerprints(r)[i].1 != first) {
                 let message = format!(
@@ -221,12 +203,7 @@ impl Comparison {
         }
         let groups = group_replicates(runs);
         let baseline = find_baseline(&groups, &options, &mut notes)?;
-        Ok(Self {
-            groups,
-            baseline,
-            options,
-            notes,
-        })
+        Ok(Self { groups, baseline, options, notes })
     }
 
     /// Every extra metric any run logged, by name.
@@ -248,20 +225,13 @@ impl Comparison {
             .stats
             .rows
             .iter()
-            .filter_map(|row| {
-                metric
-                    .value(row)
-                    .map(|y| (row.step, self.options.x.of(row), y))
-            })
+            .filter_map(|row| metric.value(row).map(|y| (row.step, self.options.x.of(row), y)))
             .filter(|(_, x, y)| y.is_finite() && (!self.options.x.log() || *x > 0.0))
             .collect();
         let raw = rows.iter().map(|r| (r.1, r.2)).collect();
         let shown = if metric.smoothed() && self.options.smoothing > 0.0 {
             let ys: Vec<f64> = rows.iter().map(|r| r.2).collect();
-            rows.iter()
-                .zip(ema_debiased(&ys, self.options.smoothing))
-                .map(|(r, s)| (r.0, r.1, s))
-                .collect()
+            rows.iter().zip(ema_debiased(&ys, self.options.smoothing)).map(|(r, s)| (r.0, r.1, s)).collect()
         } else {
             rows
         };
@@ -272,26 +242,18 @@ impl Comparison {
     /// aligned by step (x is the runs' mean x there: the same tokens, a similar wall time); only
     /// steps every run has logged are drawn.
     pub fn curve(&self, group: usize, metric: &Metric) -> GroupCurve {
-        let series: Vec<RunSeries> = self.groups[group]
-            .runs
-            .iter()
-            .map(|r| self.run_series(r, metric))
-            .collect();
+        let series: Vec<RunSeries> =
+            self.groups[group].runs.iter().map(|r| self.run_series(r, metric)).collect();
         let Some(first) = series.first() else {
             return GroupCurve::default();
         };
-        let by_step: Vec<BTreeMap<u64, (f64, f64)>> = series
-            .iter()
-            .map(|s| s.shown.iter().map(|&(step, x, y)| (step, (x, y))).collect())
-            .collect();
+        let by_step: Vec<BTreeMap<u64, (f64, f64)>> =
+            series.iter().map(|s| s.shown.iter().map(|&(step, x, y)| (step, (x, y))).collect()).collect();
         let mean = first
             .shown
             .iter()
             .filter_map(|&(step, _, _)| {
-                let at: Vec<(f64, f64)> = by_step
-                    .iter()
-                    .filter_map(|m| m.get(&step).copied())
-                    .collect();
+                let at: Vec<(f64, f64)> = by_step.iter().filter_map(|m| m.get(&step).copied()).collect();
                 (at.len() == series.len()).then(|| {
                     let (xs, ys): (Vec<f64>, Vec<f64>) = at.into_iter().unzip();
                     let m = statistics::mean(&ys);
@@ -306,10 +268,7 @@ impl Comparison {
                 })
             })
             .collect();
-        GroupCurve {
-            mean,
-            raw: series.into_iter().map(|s| s.raw).collect(),
-        }
+        GroupCurve { mean, raw: series.into_iter().map(|s| s.raw).collect() }
     }
 
     /// `group − baseline` of the mean curves, on the group's x values inside the baseline's range.
@@ -317,12 +276,7 @@ impl Comparison {
         let Some(b) = self.baseline else {
             return Vec::new();
         };
-        let base: Points = self
-            .curve(b, metric)
-            .mean
-            .iter()
-            .map(|p| (p.0, p.1))
-            .collect();
+        let base: Points = self.curve(b, metric).mean.iter().map(|p| (p.0, p.1)).collect();
         self.curve(group, metric)
             .mean
             .iter()
@@ -337,11 +291,7 @@ impl Comparison {
             .enumerate()
             .map(|(i, g)| {
                 let losses = g.final_val_losses();
-                let accuracies: Vec<f64> = g
-                    .runs
-                    .iter()
-                    .filter_map(|r| r.final_val().map(|v| v.1))
-                    .collect();
+                let accuracies: Vec<f64> = g.runs.iter().filter_map(|r| r.final_val().map(|v| v.1)).collect();
                 let is_baseline = self.baseline == Some(i);
                 let mut s = Summary {
                     label: g.label.clone(),
@@ -373,10 +323,7 @@ impl Comparison {
         let (a, b) = (group.final_val_losses(), base.final_val_losses());
         s.difference = Some(statistics::mean(&a) - statistics::mean(&b));
         let by_seed = |g: &Group| -> BTreeMap<u64, f64> {
-            g.runs
-                .iter()
-                .filter_map(|r| r.final_val().map(|v| (r.seed, v.0)))
-                .collect()
+            g.runs.iter().filter_map(|r| r.final_val().map(|v| (r.seed, v.0))).collect()
         };
         let (sa, sb) = (by_seed(group), by_seed(base));
         let paired_seeds = sa.len() == a.len() && sa.keys().eq(sb.keys());
@@ -399,11 +346,7 @@ impl Comparison {
                 s.verdict = if t.p < 0.05 {
                     format!(
                         "{} than the baseline (p = {:.3}, {test} t-test, n = {}/{})",
-                        if t.difference < 0.0 {
-                            "lower"
-                        } else {
-                            "higher"
-                        },
+                        if t.difference < 0.0 { "lower" } else { "higher" },
                         t.p,
                         a.len(),
                         b.len()
@@ -418,7 +361,11 @@ impl Comparison {
                 };
             }
             None if a.len() < 2 || b.len() < 2 => {
-                s.verdict = format!("n too small to tell (n = {} vs {}): run at least 2 seeds per arm, better 3 or more", a.len(), b.len());
+                s.verdict = format!(
+                    "n too small to tell (n = {} vs {}): run at least 2 seeds per arm, better 3 or more",
+                    a.len(),
+                    b.len()
+                );
             }
             None => s.verdict = "the seeds gave identical losses: no spread to test against".into(),
         }
@@ -435,10 +382,7 @@ impl Comparison {
                     .iter()
                     .map(|g| g.config.get(k).map(short).unwrap_or_else(|| "—".into()))
                     .collect();
-                values
-                    .iter()
-                    .any(|v| v != &values[0])
-                    .then(|| (k.clone(), values))
+                values.iter().any(|v| v != &values[0]).then(|| (k.clone(), values))
             })
             .collect()
     }
@@ -459,10 +403,7 @@ fn group_replicates(runs: Vec<Run>) -> Vec<Group> {
     for run in runs {
         let mut config = run.config.clone();
         config.remove("seed");
-        match groups
-            .iter_mut()
-            .find(|g| g.0 == run.name() && g.1 == config)
-        {
+        match groups.iter_mut().find(|g| g.0 == run.name() && g.1 == config) {
             Some(g) => g.2.push(run),
             None => groups.push((run.name(), config, vec![run])),
         }
@@ -471,11 +412,8 @@ fn group_replicates(runs: Vec<Run>) -> Vec<Group> {
     groups
         .iter()
         .map(|(name, config, runs)| {
-            let twins: Vec<&BTreeMap<String, Value>> = groups
-                .iter()
-                .filter(|g| &g.0 == name)
-                .map(|g| &g.1)
-                .collect();
+            let twins: Vec<&BTreeMap<String, Value>> =
+                groups.iter().filter(|g| &g.0 == name).map(|g| &g.1).collect();
             let mut label = name.clone();
             if names.iter().filter(|n| *n == name).count() > 1 {
                 for (k, v) in config {
@@ -486,11 +424,7 @@ fn group_replicates(runs: Vec<Run>) -> Vec<Group> {
             }
             let mut runs = runs.clone();
             runs.sort_by_key(|r| r.seed);
-            Group {
-                label,
-                runs,
-                config: config.clone(),
-            }
+            Group { label, runs, config: config.clone() }
         })
         .collect()
 }
@@ -504,11 +438,7 @@ fn find_baseline(
         let id = dir.canonicalize().unwrap_or(dir.clone());
         return groups
             .iter()
-            .position(|g| {
-                g.runs
-                    .iter()
-                    .any(|r| r.dir.canonicalize().unwrap_or(r.dir.clone()) == id)
-            })
+            .position(|g| g.runs.iter().any(|r| r.dir.canonicalize().unwrap_or(r.dir.clone()) == id))
             .map(Some)
             .ok_or_else(|| {
                 ReportError::Usage(format!(
@@ -517,14 +447,12 @@ fn find_baseline(
                 ))
             });
     }
-    let baselines: Vec<usize> = (0..groups.len())
-        .filter(|&i| groups[i].runs.iter().all(|r| r.arm == "baseline"))
-        .collect();
+    let baselines: Vec<usize> =
+        (0..groups.len()).filter(|&i| groups[i].runs.iter().all(|r| r.arm == "baseline")).collect();
     match baselines[..] {
         [one] => Ok(Some(one)),
         [] => {
-            notes
-                .push("no baseline run among these; pass --baseline RUN to see differences".into());
+            notes.push("no baseline run among these; pass --baseline RUN to see differences".into());
             Ok(None)
         }
         _ => {

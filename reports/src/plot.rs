@@ -6,8 +6,8 @@ use std::fmt::Write;
 
 /// Colours for groups, in order (Tableau 10).
 pub const PALETTE: [&str; 10] = [
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-    "#9c755f", "#bab0ac",
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+    "#bab0ac",
 ];
 
 /// The most points one path draws; longer series are thinned (after smoothing).
@@ -56,11 +56,7 @@ impl Scale {
     fn px(&self, v: f64) -> f64 {
         let f = |v: f64| if self.log { v.log10() } else { v };
         let (lo, hi) = (f(self.lo), f(self.hi));
-        let t = if hi > lo {
-            (f(v) - lo) / (hi - lo)
-        } else {
-            0.5
-        };
+        let t = if hi > lo { (f(v) - lo) / (hi - lo) } else { 0.5 };
         self.from + t * (self.to - self.from)
     }
 }
@@ -71,28 +67,15 @@ impl Figure {
     }
 
     pub fn to_svg(&self) -> String {
-        let points = || {
-            self.series.iter().flat_map(|s| {
-                s.line
-                    .iter()
-                    .copied()
-                    .chain(s.raw.iter().flatten().copied())
-            })
-        };
-        let mut xs: Vec<f64> = points()
-            .map(|p| p.0)
-            .filter(|x| x.is_finite() && (!self.log_x || *x > 0.0))
-            .collect();
+        let points =
+            || self.series.iter().flat_map(|s| s.line.iter().copied().chain(s.raw.iter().flatten().copied()));
+        let mut xs: Vec<f64> =
+            points().map(|p| p.0).filter(|x| x.is_finite() && (!self.log_x || *x > 0.0)).collect();
         // The y range follows the lines and bands; a raw outlier must not flatten them.
         let mut ys: Vec<f64> = self
             .series
             .iter()
-            .flat_map(|s| {
-                s.line
-                    .iter()
-                    .map(|p| p.1)
-                    .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
-            })
+            .flat_map(|s| s.line.iter().map(|p| p.1).chain(s.band.iter().flat_map(|b| [b.1, b.2])))
             .filter(|y| y.is_finite())
             .collect();
         if self.zero_line {
@@ -106,20 +89,8 @@ impl Figure {
         }
         let (x_lo, x_hi) = (min(&xs), max(&xs));
         let pad = (max(&ys) - min(&ys)).max(1e-12) * 0.05;
-        let x = Scale {
-            lo: x_lo,
-            hi: x_hi,
-            log: self.log_x,
-            from: LEFT,
-            to: WIDTH - RIGHT,
-        };
-        let y = Scale {
-            lo: min(&ys) - pad,
-            hi: max(&ys) + pad,
-            log: false,
-            from: HEIGHT - BOTTOM,
-            to: TOP,
-        };
+        let x = Scale { lo: x_lo, hi: x_hi, log: self.log_x, from: LEFT, to: WIDTH - RIGHT };
+        let y = Scale { lo: min(&ys) - pad, hi: max(&ys) + pad, log: false, from: HEIGHT - BOTTOM, to: TOP };
 
         let mut svg = String::new();
         let _ = write!(
@@ -140,11 +111,7 @@ impl Figure {
             if !s.band.is_empty() {
                 let band = thin(&s.band.iter().map(|b| (b.0, b.1)).collect::<Vec<_>>())
                     .into_iter()
-                    .chain(
-                        thin(&s.band.iter().map(|b| (b.0, b.2)).collect::<Vec<_>>())
-                            .into_iter()
-                            .rev(),
-                    )
+                    .chain(thin(&s.band.iter().map(|b| (b.0, b.2)).collect::<Vec<_>>()).into_iter().rev())
                     .collect::<Vec<_>>();
                 let _ = write!(
                     svg,
@@ -177,11 +144,7 @@ impl Figure {
             x1 - x0,
             y0 - y1
         );
-        let x_ticks = if self.log_x {
-            log_ticks(x.lo, x.hi)
-        } else {
-            linear_ticks(x.lo, x.hi)
-        };
+        let x_ticks = if self.log_x { log_ticks(x.lo, x.hi) } else { linear_ticks(x.lo, x.hi) };
         for t in x_ticks {
             let px = x.px(t);
             let _ = write!(
@@ -251,18 +214,10 @@ fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 fn path(points: &[(f64, f64)], x: &Scale, y: &Scale) -> String {
     let mut d = String::new();
-    for (i, &(px, py)) in points
-        .iter()
-        .filter(|p| p.0.is_finite() && p.1.is_finite() && (!x.log || p.0 > 0.0))
-        .enumerate()
+    for (i, &(px, py)) in
+        points.iter().filter(|p| p.0.is_finite() && p.1.is_finite() && (!x.log || p.0 > 0.0)).enumerate()
     {
-        let _ = write!(
-            d,
-            "{}{:.1},{:.1}",
-            if i == 0 { "M" } else { "L" },
-            x.px(px),
-            y.px(py)
-        );
+        let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, x.px(px), y.px(py));
     }
     d
 }
@@ -344,10 +299,7 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -359,10 +311,7 @@ mod tests {
         assert_eq!(linear_ticks(0.0, 10.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         let t = linear_ticks(3.71, 4.02);
         assert_eq!(t.len(), 6);
-        assert!(
-            (t[0] - 3.75).abs() < 1e-9 && (t[5] - 4.0).abs() < 1e-9,
-            "{t:?}"
-        );
+        assert!((t[0] - 3.75).abs() < 1e-9 && (t[5] - 4.0).abs() < 1e-9, "{t:?}");
         assert_eq!(log_ticks(1_000.0, 1_000_000.0), vec![1e3, 1e4, 1e5, 1e6]);
         assert_eq!(log_ticks(1_000.0, 9_000.0), vec![1e3, 2e3, 5e3]);
         assert_eq!(log_ticks(10_240.0, 40_960.0), vec![2e4, 3e4, 4e4]);
@@ -383,9 +332,7 @@ mod tests {
             series: vec![Series {
                 label: "value_norm".into(),
                 color: PALETTE[0].into(),
-                line: (1..=2000)
-                    .map(|i| (i as f64 * 100.0, 5.0 / (i as f64).sqrt()))
-                    .collect(),
+                line: (1..=2000).map(|i| (i as f64 * 100.0, 5.0 / (i as f64).sqrt())).collect(),
                 band: vec![(100.0, 4.0, 6.0), (200_000.0, 0.1, 0.2)],
                 raw: vec![vec![(100.0, 5.5), (200.0, 4.0)]],
             }],

@@ -12,28 +12,17 @@ fn options() -> &'static resvg::usvg::Options<'static> {
         let mut fonts = resvg::usvg::fontdb::Database::new();
         fonts.load_font_data(FONT.to_vec());
         fonts.set_sans_serif_family("DejaVu Sans");
-        resvg::usvg::Options {
-            fontdb: Arc::new(fonts),
-            ..Default::default()
-        }
+        resvg::usvg::Options { fontdb: Arc::new(fonts), ..Default::default() }
     })
 }
 
 /// Renders `svg` at `scale` × its size as PNG bytes.
 pub fn render(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
-    let tree =
-        resvg::usvg::Tree::from_str(svg, options()).map_err(|e| format!("invalid SVG: {e}"))?;
+    let tree = resvg::usvg::Tree::from_str(svg, options()).map_err(|e| format!("invalid SVG: {e}"))?;
     let size = tree.size();
-    let (w, h) = (
-        (size.width() * scale).ceil() as u32,
-        (size.height() * scale).ceil() as u32,
-    );
+    let (w, h) = ((size.width() * scale).ceil() as u32, (size.height() * scale).ceil() as u32);
     let mut pixmap = resvg::tiny_skia::Pixmap::new(w, h).ok_or("empty image")?;
-    resvg::render(
-        &tree,
-        resvg::tiny_skia::Transform::from_scale(scale, scale),
-        &mut pixmap.as_mut(),
-    );
+    resvg::render(&tree, resvg::tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
     pixmap.encode_png().map_err(|e| e.to_string())
 }
 

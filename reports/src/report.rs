@@ -46,19 +46,14 @@ pub fn write_report(c: &Comparison, dir: &Path) -> Result<ReportFiles, ReportErr
         plots,
     };
     std::fs::write(&files.html, html(c, &summaries, &figures)).map_err(|e| io(&files.html, e))?;
-    std::fs::write(&files.markdown, markdown(c, &summaries, &figures))
-        .map_err(|e| io(&files.markdown, e))?;
-    let numbers =
-        serde_json::to_string_pretty(&numbers(c, &summaries)).expect("report numbers serialise");
+    std::fs::write(&files.markdown, markdown(c, &summaries, &figures)).map_err(|e| io(&files.markdown, e))?;
+    let numbers = serde_json::to_string_pretty(&numbers(c, &summaries)).expect("report numbers serialise");
     std::fs::write(&files.json, numbers).map_err(|e| io(&files.json, e))?;
     Ok(files)
 }
 
 fn io(path: &Path, e: std::io::Error) -> ReportError {
-    ReportError::Io {
-        path: path.display().to_string(),
-        source: e,
-    }
+    ReportError::Io { path: path.display().to_string(), source: e }
 }
 
 /// `value_norm/normv1_0 vs baseline`.
@@ -90,12 +85,7 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
     };
     let mut out = vec![(
         "val_loss".into(),
-        figure(
-            Metric::ValLoss.title(),
-            "nats/token",
-            false,
-            curves(c, &Metric::ValLoss),
-        ),
+        figure(Metric::ValLoss.title(), "nats/token", false, curves(c, &Metric::ValLoss)),
     )];
     if c.baseline.is_some() && c.groups.len() > 1 {
         out.push((
@@ -108,11 +98,8 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
             ),
         ));
     }
-    let smoothed = if c.options.smoothing > 0.0 {
-        format!(" (EMA {})", c.options.smoothing)
-    } else {
-        String::new()
-    };
+    let smoothed =
+        if c.options.smoothing > 0.0 { format!(" (EMA {})", c.options.smoothing) } else { String::new() };
     out.push((
         "train_loss".into(),
         figure(
@@ -135,21 +122,11 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
     }
     out.push((
         "val_accuracy".into(),
-        figure(
-            Metric::ValAccuracy.title(),
-            "fraction",
-            false,
-            curves(c, &Metric::ValAccuracy),
-        ),
+        figure(Metric::ValAccuracy.title(), "fraction", false, curves(c, &Metric::ValAccuracy)),
     ));
     out.push((
         "lr".into(),
-        figure(
-            Metric::LearningRate.title(),
-            "lr",
-            false,
-            curves(c, &Metric::LearningRate),
-        ),
+        figure(Metric::LearningRate.title(), "lr", false, curves(c, &Metric::LearningRate)),
     ));
     out.push((
         "grad_norm".into(),
@@ -164,19 +141,9 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
         let metric = Metric::Extra(name.clone());
         let slug = format!(
             "metric_{}",
-            name.chars()
-                .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
-                .collect::<String>()
+            name.chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect::<String>()
         );
-        out.push((
-            slug,
-            figure(
-                format!("{name}{smoothed}"),
-                &name,
-                false,
-                curves(c, &metric),
-            ),
-        ));
+        out.push((slug, figure(format!("{name}{smoothed}"), &name, false, curves(c, &metric))));
     }
     out.retain(|(_, f)| !f.is_empty());
     out
@@ -241,19 +208,11 @@ fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>)
             vec![
                 s.label.clone(),
                 s.n.to_string(),
-                s.seeds
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
                 format!("{:.4} ± {:.4}", s.val_loss_mean, s.val_loss_std),
                 fmt(Some(s.val_accuracy_mean), 4),
-                s.difference
-                    .map(|d| format!("{d:+.4}"))
-                    .unwrap_or_else(|| "–".into()),
-                s.ci95
-                    .map(|(a, b)| format!("[{a:+.4}, {b:+.4}]"))
-                    .unwrap_or_else(|| "–".into()),
+                s.difference.map(|d| format!("{d:+.4}")).unwrap_or_else(|| "–".into()),
+                s.ci95.map(|(a, b)| format!("[{a:+.4}, {b:+.4}]")).unwrap_or_else(|| "–".into()),
                 fmt(s.p_value, 3),
                 s.verdict.clone(),
             ]
@@ -288,9 +247,7 @@ fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 format!("{} / {}", count(r.params_train), count(r.params_prod)),
                 r.tokens().to_string(),
                 fmt(r.tokens_per_s, 0),
-                r.wall_s
-                    .map(|w| format!("{w:.0} s"))
-                    .unwrap_or_else(|| "–".into()),
+                r.wall_s.map(|w| format!("{w:.0} s")).unwrap_or_else(|| "–".into()),
                 fmt(r.final_val().map(|v| v.0), 4),
             ]
         })
@@ -301,11 +258,7 @@ fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
 fn diff_table(c: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
     let mut header = vec!["key".to_owned()];
     header.extend(c.groups.iter().map(|g| g.label.clone()));
-    let rows = c
-        .config_diff()
-        .into_iter()
-        .map(|(k, vs)| std::iter::once(k).chain(vs).collect())
-        .collect();
+    let rows = c.config_diff().into_iter().map(|(k, vs)| std::iter::once(k).chain(vs).collect()).collect();
     (header, rows)
 }
 
@@ -313,19 +266,11 @@ fn md_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
     let cell = |s: &str| s.replace('|', "\\|");
     let mut out = format!(
         "| {} |\n|{}\n",
-        header
-            .iter()
-            .map(|h| cell(h.as_ref()))
-            .collect::<Vec<_>>()
-            .join(" | "),
+        header.iter().map(|h| cell(h.as_ref())).collect::<Vec<_>>().join(" | "),
         " --- |".repeat(header.len())
     );
     for r in rows {
-        let _ = writeln!(
-            out,
-            "| {} |",
-            r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
-        );
+        let _ = writeln!(out, "| {} |", r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
     }
     out
 }
@@ -363,11 +308,8 @@ fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> 
     let (sh, sr) = summary_table(summaries);
     let (rh, rr) = runs_table(c);
     let (dh, dr) = diff_table(c);
-    let mut body = format!(
-        "<h1>{}</h1><p class=\"muted\">{}</p>",
-        escape(&title(c)),
-        escape(&settings_line(c))
-    );
+    let mut body =
+        format!("<h1>{}</h1><p class=\"muted\">{}</p>", escape(&title(c)), escape(&settings_line(c)));
     if !c.notes.is_empty() {
         body.push_str("<div class=\"notes\"><b>Read this first</b><ul>");
         for n in &c.notes {
@@ -375,20 +317,14 @@ fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> 
         }
         body.push_str("</ul></div>");
     }
-    let _ = write!(
-        body,
-        "<h2>Final validation loss</h2>{}",
-        html_table(&sh, &sr)
-    );
+    let _ = write!(body, "<h2>Final validation loss</h2>{}", html_table(&sh, &sr));
     body.push_str("<h2>Curves</h2><div class=\"plots\">");
     for (slug, f) in figures {
         let _ = write!(body, "<figure id=\"{slug}\">{}</figure>", f.to_svg());
     }
     body.push_str("</div>");
     if dr.is_empty() {
-        body.push_str(
-            "<h2>Config differences</h2><p>The groups differ only by plugin (and seeds).</p>",
-        );
+        body.push_str("<h2>Config differences</h2><p>The groups differ only by plugin (and seeds).</p>");
     } else {
         let _ = write!(body, "<h2>Config differences</h2>{}", html_table(&dh, &dr));
     }
@@ -413,11 +349,7 @@ fn markdown(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)])
     for n in &c.notes {
         let _ = writeln!(md, "> **Note:** {n}\n");
     }
-    let _ = write!(
-        md,
-        "## Final validation loss\n\n{}\n## Config differences\n\n",
-        md_table(&sh, &sr)
-    );
+    let _ = write!(md, "## Final validation loss\n\n{}\n## Config differences\n\n", md_table(&sh, &sr));
     if dr.is_empty() {
         md.push_str("The groups differ only by plugin (and seeds).\n\n");
     } else {

@@ -23,10 +23,7 @@ pub enum ReportError {
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 /// One run folder, read.
@@ -57,16 +54,11 @@ pub struct Run {
 impl Run {
     pub fn load(dir: &Path) -> Result<Self, ReportError> {
         let shown = dir.display().to_string();
-        let text = std::fs::read_to_string(dir.join("run.json"))
-            .map_err(|_| ReportError::NotARun(shown.clone()))?;
-        let record: Value = serde_json::from_str(&text).map_err(|e| ReportError::BadRecord {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        let bad = |what: &str| ReportError::BadRecord {
-            path: shown.clone(),
-            reason: format!("no {what}"),
-        };
+        let text =
+            std::fs::read_to_string(dir.join("run.json")).map_err(|_| ReportError::NotARun(shown.clone()))?;
+        let record: Value = serde_json::from_str(&text)
+            .map_err(|e| ReportError::BadRecord { path: shown.clone(), reason: e.to_string() })?;
+        let bad = |what: &str| ReportError::BadRecord { path: shown.clone(), reason: format!("no {what}") };
         let str_at = |v: &Value| v.as_str().map(str::to_owned);
         let config: BTreeMap<String, Value> = ["run", "model"]
             .iter()
@@ -84,9 +76,7 @@ impl Run {
         let status = str_at(&record["status"]).ok_or_else(|| bad("status"))?;
         let mut notes = Vec::new();
         if let Some(torn) = &stats.torn {
-            notes.push(format!(
-                "stats.arrows is torn ({torn}); the rows before the tear are used"
-            ));
+            notes.push(format!("stats.arrows is torn ({torn}); the rows before the tear are used"));
         }
         if status == "running" || status == "pending" {
             let last = stats.rows.iter().map(|r| r.step).max().unwrap_or(0);
@@ -98,10 +88,7 @@ impl Run {
             arm: str_at(&record["arm"]).ok_or_else(|| bad("arm"))?,
             plugin: str_at(&record["plugin"]["name"]).ok_or_else(|| bad("plugin name"))?,
             variant: str_at(&record["plugin"]["variant"]),
-            seed: config
-                .get("seed")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad("seed"))?,
+            seed: config.get("seed").and_then(Value::as_u64).ok_or_else(|| bad("seed"))?,
             tokenizer: str_at(&record["data"]["manifest"]["tokenizer_fingerprint"])
                 .ok_or_else(|| bad("tokenizer fingerprint"))?,
             val_set: str_at(&record["data"]["manifest"]["val_fingerprint"])
@@ -109,9 +96,7 @@ impl Run {
             params_train: result["params_train"].as_u64(),
             params_prod: result["params_prod"].as_u64(),
             tokens_per_s: result["tokens_per_s"].as_f64(),
-            wall_s: result["wall_s"]
-                .as_f64()
-                .or_else(|| stats.rows.last().map(|r| r.wall_s)),
+            wall_s: result["wall_s"].as_f64().or_else(|| stats.rows.last().map(|r| r.wall_s)),
             status,
             config,
             stats,

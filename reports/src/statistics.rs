@@ -35,10 +35,7 @@ fn ln_gamma(x: f64) -> f64 {
     }
     let x = x - 1.0;
     let t = x + 7.5;
-    let series = G[1..]
-        .iter()
-        .enumerate()
-        .fold(G[0], |acc, (i, g)| acc + g / (x + i as f64 + 1.0));
+    let series = G[1..].iter().enumerate().fold(G[0], |acc, (i, g)| acc + g / (x + i as f64 + 1.0));
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
 }
 
@@ -54,8 +51,7 @@ fn incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
     if x > (a + 1.0) / (a + b + 2.0) {
         return 1.0 - incomplete_beta(1.0 - x, b, a);
     }
-    let front =
-        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp() / a;
+    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp() / a;
     let tiny = 1e-300;
     let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
     d = 1.0 / if d.abs() < tiny { tiny } else { d };
@@ -136,16 +132,12 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<TTest> {
     if a.len() < 2 || b.len() < 2 {
         return None;
     }
-    let (va, vb) = (
-        std(a).powi(2) / a.len() as f64,
-        std(b).powi(2) / b.len() as f64,
-    );
+    let (va, vb) = (std(a).powi(2) / a.len() as f64, std(b).powi(2) / b.len() as f64);
     if va + vb == 0.0 {
         return None;
     }
     // Welch–Satterthwaite degrees of freedom.
-    let df =
-        (va + vb).powi(2) / (va.powi(2) / (a.len() - 1) as f64 + vb.powi(2) / (b.len() - 1) as f64);
+    let df = (va + vb).powi(2) / (va.powi(2) / (a.len() - 1) as f64 + vb.powi(2) / (b.len() - 1) as f64);
     Some(finish(mean(a) - mean(b), (va + vb).sqrt(), df))
 }
 
@@ -201,9 +193,7 @@ mod tests {
         assert!((std(&[1.0, 2.0, 6.0]) - 7f64.sqrt()).abs() < 1e-12);
         assert_eq!(std(&[5.0]), 0.0);
         // De-biased: a constant series stays constant from the first point on.
-        assert!(ema_debiased(&[4.0; 5], 0.9)
-            .iter()
-            .all(|&s| (s - 4.0).abs() < 1e-12));
+        assert!(ema_debiased(&[4.0; 5], 0.9).iter().all(|&s| (s - 4.0).abs() < 1e-12));
         let s = ema_debiased(&[0.0, 10.0], 0.5);
         assert!((s[1] - 10.0 * 0.5 / 0.75).abs() < 1e-12);
         assert_eq!(ema_debiased(&[1.0, 2.0], 0.0), vec![1.0, 2.0]);

@@ -39,10 +39,7 @@ pub const RUN_KEY: &str = "lmhost.run";
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path} is not an lmhost stats file ({reason})")]
     NotStats { path: String, reason: String },
     #[error("{path} was written with stats schema version {found}; this lmhost reads up to {STATS_VERSION}: upgrade lmhost")]
@@ -141,17 +138,10 @@ impl StatsWriter {
     /// Creates the file; `run` (JSON) goes into the schema metadata under `lmhost.run`.
     pub fn create(path: &Path, run: &str) -> Result<Self, StatsError> {
         let file = File::create(path).map_err(|e| io(path, e))?;
-        let schema = Arc::new(schema(HashMap::from([(
-            RUN_KEY.to_owned(),
-            run.to_owned(),
-        )])));
+        let schema = Arc::new(schema(HashMap::from([(RUN_KEY.to_owned(), run.to_owned())])));
         let mut writer = StreamWriter::try_new(BufWriter::new(file), &schema)?;
         writer.flush()?;
-        Ok(Self {
-            writer: Some(writer),
-            schema,
-            pending: Vec::new(),
-        })
+        Ok(Self { writer: Some(writer), schema, pending: Vec::new() })
     }
 
     pub fn push(&mut self, row: StatsRow) {
@@ -173,10 +163,7 @@ impl StatsWriter {
             .get_mut()
             .get_mut()
             .sync_data()
-            .map_err(|e| StatsError::Io {
-                path: "stats".into(),
-                source: e,
-            })?;
+            .map_err(|e| StatsError::Io { path: "stats".into(), source: e })?;
         self.pending.clear();
         Ok(())
     }
@@ -200,30 +187,20 @@ impl Drop for StatsWriter {
 }
 
 fn to_batch(schema: &Arc<Schema>, rows: &[StatsRow]) -> Result<RecordBatch, ArrowError> {
-    let u =
-        |f: fn(&StatsRow) -> u64| Arc::new(rows.iter().map(f).collect::<UInt64Array>()) as ArrayRef;
-    let opt = |f: fn(&StatsRow) -> Option<f64>| {
-        Arc::new(rows.iter().map(f).collect::<Float64Array>()) as ArrayRef
-    };
+    let u = |f: fn(&StatsRow) -> u64| Arc::new(rows.iter().map(f).collect::<UInt64Array>()) as ArrayRef;
+    let opt =
+        |f: fn(&StatsRow) -> Option<f64>| Arc::new(rows.iter().map(f).collect::<Float64Array>()) as ArrayRef;
     let columns = vec![
         u(|r| r.step),
         u(|r| r.tokens),
         Arc::new(rows.iter().map(|r| r.wall_s).collect::<Float64Array>()) as ArrayRef,
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(r.split.as_str()))
-                .collect::<StringArray>(),
-        ) as ArrayRef,
+        Arc::new(rows.iter().map(|r| Some(r.split.as_str())).collect::<StringArray>()) as ArrayRef,
         opt(|r| r.loss),
         opt(|r| r.accuracy),
         opt(|r| r.lr),
         opt(|r| r.grad_norm),
         opt(|r| r.tokens_per_s),
-        Arc::new(
-            rows.iter()
-                .map(|r| r.metric.as_deref())
-                .collect::<StringArray>(),
-        ) as ArrayRef,
+        Arc::new(rows.iter().map(|r| r.metric.as_deref()).collect::<StringArray>()) as ArrayRef,
         opt(|r| r.value),
     ];
     RecordBatch::try_new(schema.clone(), columns)
@@ -242,9 +219,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn split(&self, split: Split) -> impl Iterator<Item = &StatsRow> {
-        self.rows
-            .iter()
-            .filter(move |r| r.split == split && r.metric.is_none())
+        self.rows.iter().filter(move |r| r.split == split && r.metric.is_none())
     }
 }
 
@@ -254,12 +229,9 @@ pub fn read_stats(path: &Path) -> Result<Stats, StatsError> {
     // The reader treats a plain end of file like the end-of-stream marker; only the marker
     // (continuation 0xFFFFFFFF, length 0) says the writer finished.
     let marked_end = bytes.ends_with(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
-    let not_stats = |reason: String| StatsError::NotStats {
-        path: path.display().to_string(),
-        reason,
-    };
-    let mut reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| not_stats(e.to_string()))?;
+    let not_stats = |reason: String| StatsError::NotStats { path: path.display().to_string(), reason };
+    let mut reader =
+        StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| not_stats(e.to_string()))?;
     let schema = reader.schema();
     let metadata: HashMap<String, String> = schema.metadata().clone().into_iter().collect();
     let version: u32 = metadata
@@ -267,18 +239,12 @@ pub fn read_stats(path: &Path) -> Result<Stats, StatsError> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| not_stats(format!("no {VERSION_KEY} in its schema")))?;
     if version > STATS_VERSION {
-        return Err(StatsError::FutureVersion {
-            path: path.display().to_string(),
-            found: version,
-        });
+        return Err(StatsError::FutureVersion { path: path.display().to_string(), found: version });
     }
     let mut rows = Vec::new();
     let mut torn = None;
     for batch in reader.by_ref() {
-        match batch
-            .map_err(|e| e.to_string())
-            .and_then(|b| from_batch(&b))
-        {
+        match batch.map_err(|e| e.to_string()).and_then(|b| from_batch(&b)) {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => {
                 torn = Some(format!("stopped after {} rows: {e}", rows.len()));
@@ -286,12 +252,7 @@ pub fn read_stats(path: &Path) -> Result<Stats, StatsError> {
             }
         }
     }
-    Ok(Stats {
-        rows,
-        metadata,
-        finished: torn.is_none() && marked_end,
-        torn,
-    })
+    Ok(Stats { rows, metadata, finished: torn.is_none() && marked_end, torn })
 }
 
 fn from_batch(b: &RecordBatch) -> Result<Vec<StatsRow>, String> {
@@ -305,14 +266,8 @@ fn from_batch(b: &RecordBatch) -> Result<Vec<StatsRow>, String> {
     let wall = col::<Float64Array>(b, "wall_s")?;
     let split = col::<StringArray>(b, "split")?;
     let f = |name| col::<Float64Array>(b, name);
-    let (loss, acc, lr, gn, tps, value) = (
-        f("loss")?,
-        f("accuracy")?,
-        f("lr")?,
-        f("grad_norm")?,
-        f("tokens_per_s")?,
-        f("value")?,
-    );
+    let (loss, acc, lr, gn, tps, value) =
+        (f("loss")?, f("accuracy")?, f("lr")?, f("grad_norm")?, f("tokens_per_s")?, f("value")?);
     let metric = col::<StringArray>(b, "metric")?;
     let get = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
     (0..b.num_rows())
@@ -339,10 +294,7 @@ fn from_batch(b: &RecordBatch) -> Result<Vec<StatsRow>, String> {
 }
 
 fn io(path: &Path, e: std::io::Error) -> StatsError {
-    StatsError::Io {
-        path: path.display().to_string(),
-        source: e,
-    }
+    StatsError::Io { path: path.display().to_string(), source: e }
 }
 
 #[cfg(test)]
@@ -368,11 +320,7 @@ mod tests {
         w.push(row(1));
         w.push(StatsRow::metric(1, 1024, 0.5, "kurtosis.h0", 3.5));
         w.flush().unwrap();
-        w.push(StatsRow {
-            loss: Some(3.9),
-            accuracy: Some(0.2),
-            ..StatsRow::at(2, 2048, 1.0, Split::Val)
-        });
+        w.push(StatsRow { loss: Some(3.9), accuracy: Some(0.2), ..StatsRow::at(2, 2048, 1.0, Split::Val) });
         w.finish().unwrap();
         let s = read_stats(&path).unwrap();
         assert!(s.finished && s.torn.is_none());
@@ -408,19 +356,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stats.arrows");
         std::fs::write(&path, b"not arrow at all").unwrap();
-        assert!(matches!(
-            read_stats(&path),
-            Err(StatsError::NotStats { .. })
-        ));
+        assert!(matches!(read_stats(&path), Err(StatsError::NotStats { .. })));
         let mut future = schema(HashMap::new());
         future.metadata.insert(VERSION_KEY, "99");
         let file = File::create(&path).unwrap();
         let mut w = StreamWriter::try_new(file, &future).unwrap();
         w.finish().unwrap();
         let err = read_stats(&path).unwrap_err();
-        assert!(
-            matches!(err, StatsError::FutureVersion { found: 99, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StatsError::FutureVersion { found: 99, .. }), "{err}");
     }
 }

@@ -8,11 +8,7 @@ fn golden() -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 #[test]
@@ -21,23 +17,12 @@ fn the_t_distribution_matches_scipy() {
     for row in g["cdf"].as_array().unwrap() {
         let r = floats(row);
         let ours = student_t_cdf(r[0], r[1]);
-        assert!(
-            (ours - r[2]).abs() < 1e-9,
-            "cdf({}, {}) = {ours}, scipy {}",
-            r[0],
-            r[1],
-            r[2]
-        );
+        assert!((ours - r[2]).abs() < 1e-9, "cdf({}, {}) = {ours}, scipy {}", r[0], r[1], r[2]);
     }
     for row in g["quantile_975"].as_array().unwrap() {
         let r = floats(row);
         let ours = student_t_quantile(0.975, r[0]);
-        assert!(
-            (ours - r[1]).abs() < 1e-7,
-            "ppf(0.975, {}) = {ours}, scipy {}",
-            r[0],
-            r[1]
-        );
+        assert!((ours - r[1]).abs() < 1e-7, "ppf(0.975, {}) = {ours}, scipy {}", r[0], r[1]);
     }
 }
 

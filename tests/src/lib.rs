@@ -21,16 +21,10 @@ pub fn built() -> &'static Built {
     BUILT.get_or_init(|| {
         // This test binary lives in <target>/release/deps/.
         let exe = std::env::current_exe().expect("test binary path");
-        let release_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/release")
-            .to_owned();
+        let release_dir = exe.parent().and_then(Path::parent).expect("target/release").to_owned();
         let target_dir = release_dir.parent().expect("target").to_owned();
-        let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_owned();
+        let workspace_root =
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--release", "--workspace", "--target-dir"])
@@ -39,10 +33,7 @@ pub fn built() -> &'static Built {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build --release --workspace failed");
-        Built {
-            release_dir,
-            workspace_root,
-        }
+        Built { release_dir, workspace_root }
     })
 }
 
@@ -58,10 +49,7 @@ impl Built {
 
     /// The shared tokenizer and token cache of all tests (trained once, reused).
     pub fn cache_dir(&self) -> PathBuf {
-        self.release_dir
-            .parent()
-            .expect("target")
-            .join("lmhost-test-cache")
+        self.release_dir.parent().expect("target").join("lmhost-test-cache")
     }
 
     /// `lmhost ARGS` run in `dir`, with the shared test cache.
@@ -103,11 +91,7 @@ impl Ran {
 
     /// The `error: …` lines lmhost printed.
     pub fn error_lines(&self) -> Vec<String> {
-        self.stderr()
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .map(str::to_owned)
-            .collect()
+        self.stderr().lines().filter(|l| l.starts_with("error:")).map(str::to_owned).collect()
     }
 }
 
@@ -132,10 +116,7 @@ impl RunDir {
 
     /// Validation losses in step order.
     pub fn val_losses(&self) -> Vec<f64> {
-        self.stats()
-            .split(reports::Split::Val)
-            .filter_map(|r| r.loss)
-            .collect()
+        self.stats().split(reports::Split::Val).filter_map(|r| r.loss).collect()
     }
 }
 
@@ -147,10 +128,7 @@ pub fn runs(dir: &Path) -> Vec<RunDir> {
                 .map(|e| e.path())
                 .filter_map(|p| {
                     let text = std::fs::read_to_string(p.join("run.json")).ok()?;
-                    Some(RunDir {
-                        record: serde_json::from_str(&text).ok()?,
-                        path: p,
-                    })
+                    Some(RunDir { record: serde_json::from_str(&text).ok()?, path: p })
                 })
                 .collect()
         })
@@ -160,10 +138,5 @@ pub fn runs(dir: &Path) -> Vec<RunDir> {
 }
 
 /// Overrides that make a model small enough for quick tests (the data pipeline stays real).
-pub const SMALL_MODEL: &[&str] = &[
-    "n_layer=1",
-    "n_embd=64",
-    "n_head=2",
-    "context_length=32",
-    "eval_windows=16",
-];
+pub const SMALL_MODEL: &[&str] =
+    &["n_layer=1", "n_embd=64", "n_head=2", "context_length=32", "eval_windows=16"];

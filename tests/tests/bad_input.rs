@@ -8,11 +8,7 @@ use lmhost_tests::{built, runs, Ran, SMALL_MODEL};
 /// Exactly one `error:` line, naming `what` and saying `fix`; no Rust panic reached the user.
 fn one_clear_error(ran: &Ran, what: &str, fix: &str) -> String {
     assert!(!ran.success(), "expected a failure");
-    assert_eq!(
-        ran.output.status.code(),
-        Some(1),
-        "a clean exit, not an abort"
-    );
+    assert_eq!(ran.output.status.code(), Some(1), "a clean exit, not an abort");
     let errors = ran.error_lines();
     assert_eq!(errors.len(), 1, "one error line, got: {}", ran.stderr());
     let line = errors[0].clone();
@@ -37,10 +33,7 @@ fn a_text_file_named_so_is_refused() {
     std::fs::write(&fake, "this is not a library\n").unwrap();
     let ran = run(dir.path(), fake.to_str().unwrap(), &[]);
     one_clear_error(&ran, "fake.so", "cargo build --release --workspace");
-    assert!(
-        runs(dir.path()).is_empty(),
-        "nothing trained, nothing written"
-    );
+    assert!(runs(dir.path()).is_empty(), "nothing trained, nothing written");
 }
 
 #[test]
@@ -59,10 +52,7 @@ fn a_plugin_built_against_an_older_plugin_api_is_refused() {
     let old = built().plugin("old_api_plugin");
     let ran = run(dir.path(), old.to_str().unwrap(), &[]);
     let line = one_clear_error(&ran, "libold_api_plugin.so", "rebuild the plugin");
-    assert!(
-        line.contains("plugin-api 0.0.9") && line.contains("0.1.1"),
-        "{line}"
-    );
+    assert!(line.contains("plugin-api 0.0.9") && line.contains("0.1.1"), "{line}");
 }
 
 #[test]
@@ -73,13 +63,7 @@ fn a_plugin_with_another_layout_is_refused_in_one_line() {
     let line = one_clear_error(&ran, "libwrong_layout_plugin.so", "rebuild the plugin");
     assert!(line.contains("layout"), "{line}");
     // The full report is kept in a file the line names.
-    let report = line
-        .split("full report in ")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap();
+    let report = line.split("full report in ").nth(1).unwrap().split(';').next().unwrap();
     assert!(std::fs::read_to_string(report).unwrap().lines().count() > 20);
 }
 
@@ -87,11 +71,7 @@ fn a_plugin_with_another_layout_is_refused_in_one_line() {
 fn a_missing_plugin_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ran = run(dir.path(), "plugins/nothing_here.so", &[]);
-    one_clear_error(
-        &ran,
-        "plugins/nothing_here.so",
-        "cargo build --release --workspace",
-    );
+    one_clear_error(&ran, "plugins/nothing_here.so", "cargo build --release --workspace");
 }
 
 #[test]
@@ -100,58 +80,34 @@ fn a_plugin_that_panics_fails_its_arm_and_keeps_the_baseline() {
     let faulty = built().plugin("faulty_plugin");
     // Calls 1 and 2 are the step-0 evaluation (16 windows in micro-batches of 8), calls 3 and 4
     // train steps 1 and 2; step 3 panics.
-    let ran = run(
-        dir.path(),
-        faulty.to_str().unwrap(),
-        &["fault=panic_in_forward", "fault_at_call=5"],
-    );
+    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=panic_in_forward", "fault_at_call=5"]);
     let line = one_clear_error(&ran, "faulty", "panicked");
-    assert!(
-        line.contains("injected fault: forward call 5 panics"),
-        "{line}"
-    );
+    assert!(line.contains("injected fault: forward call 5 panics"), "{line}");
     let runs = runs(dir.path());
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0].status(), "finished");
     assert_eq!(runs[0].stats().rows.len(), 6 + 3);
     assert_eq!(runs[1].status(), "failed");
-    let kept: Vec<u64> = runs[1]
-        .stats()
-        .split(reports::Split::Train)
-        .map(|r| r.step)
-        .collect();
+    let kept: Vec<u64> = runs[1].stats().split(reports::Split::Train).map(|r| r.step).collect();
     assert_eq!(kept, [1, 2]);
     let log = std::fs::read_to_string(runs[1].path.join("worker.log")).unwrap();
-    assert!(
-        log.contains("injected fault"),
-        "the worker's own log keeps the details: {log}"
-    );
+    assert!(log.contains("injected fault"), "the worker's own log keeps the details: {log}");
 }
 
 #[test]
 fn a_plugin_that_returns_nan_is_marked_diverged() {
     let dir = tempfile::tempdir().unwrap();
     let faulty = built().plugin("faulty_plugin");
-    let ran = run(
-        dir.path(),
-        faulty.to_str().unwrap(),
-        &["fault=nan_loss", "fault_at_call=5"],
-    );
+    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=nan_loss", "fault_at_call=5"]);
     let line = one_clear_error(&ran, "faulty", "NaN at step 3");
     assert!(line.contains("diverged"), "{line}");
     let runs = runs(dir.path());
     assert_eq!(runs[0].status(), "finished");
     assert_eq!(runs[1].status(), "diverged");
-    let train: Vec<(u64, f64)> = runs[1]
-        .stats()
-        .split(reports::Split::Train)
-        .map(|r| (r.step, r.loss.unwrap()))
-        .collect();
+    let train: Vec<(u64, f64)> =
+        runs[1].stats().split(reports::Split::Train).map(|r| (r.step, r.loss.unwrap())).collect();
     assert_eq!(train.len(), 3);
-    assert!(
-        train[0].1.is_finite() && train[1].1.is_finite() && train[2].1.is_nan(),
-        "{train:?}"
-    );
+    assert!(train[0].1.is_finite() && train[1].1.is_finite() && train[2].1.is_nan(), "{train:?}");
 }
 
 #[test]
@@ -160,65 +116,26 @@ fn config_mistakes_are_caught_before_anything_runs() {
     let value_norm = built().plugin("value_norm");
     let vn = value_norm.to_str().unwrap();
     let cases: &[(&[&str], &str, &str)] = &[
-        (
-            &["run", "baseline", "n_layres=2"],
-            "n_layres",
-            "did you mean `n_layer`?",
-        ),
-        (
-            &["run", "baseline", "--preset", "tiyn"],
-            "tiyn",
-            "did you mean `tiny`?",
-        ),
-        (
-            &["run", "baseline", "n_layer=two"],
-            "n_layer=two",
-            "expected a non-negative integer",
-        ),
-        (
-            &["run", "baseline", "schedule=cosin"],
-            "schedule=cosin",
-            "constant, cosine, linear",
-        ),
+        (&["run", "baseline", "n_layres=2"], "n_layres", "did you mean `n_layer`?"),
+        (&["run", "baseline", "--preset", "tiyn"], "tiyn", "did you mean `tiny`?"),
+        (&["run", "baseline", "n_layer=two"], "n_layer=two", "expected a non-negative integer"),
+        (&["run", "baseline", "schedule=cosin"], "schedule=cosin", "constant, cosine, linear"),
         (
             &["run", "baseline", "batch_size=6", "micro_batch_size=4"],
             "batch_size (6)",
             "must divide by micro_batch_size",
         ),
-        (
-            &["run", vn, "variant=normv9"],
-            "normv9",
-            "normv1_0, normv1_1, normv1_2",
-        ),
-        (
-            &["run", vn, "value_norm_blocks=some"],
-            "value_norm_blocks=some",
-            "all, from1, first",
-        ),
-        (
-            &["run", "baseline", "n_embd=30", "n_head=4"],
-            "n_embd (30)",
-            "must divide by n_head",
-        ),
-        (
-            &["run", "baseline", "device=cuda:0"],
-            "cuda:0",
-            "--features lmhost/cuda",
-        ),
-        (
-            &["run", "baseline", "dataset=wikitext"],
-            "wikitext",
-            "shakespeare",
-        ),
+        (&["run", vn, "variant=normv9"], "normv9", "normv1_0, normv1_1, normv1_2"),
+        (&["run", vn, "value_norm_blocks=some"], "value_norm_blocks=some", "all, from1, first"),
+        (&["run", "baseline", "n_embd=30", "n_head=4"], "n_embd (30)", "must divide by n_head"),
+        (&["run", "baseline", "device=cuda:0"], "cuda:0", "--features lmhost/cuda"),
+        (&["run", "baseline", "dataset=wikitext"], "wikitext", "shakespeare"),
         (&["run", "baseline", "lr"], "`lr`", "key=value"),
     ];
     for (args, what, fix) in cases {
         let ran = built().lmhost(dir.path(), args);
         one_clear_error(&ran, what, fix);
-        assert!(
-            runs(dir.path()).is_empty(),
-            "a rejected config writes no run: {args:?}"
-        );
+        assert!(runs(dir.path()).is_empty(), "a rejected config writes no run: {args:?}");
     }
 }
 
@@ -226,18 +143,9 @@ fn config_mistakes_are_caught_before_anything_runs() {
 fn a_key_only_the_experiment_knows_is_fine() {
     let dir = tempfile::tempdir().unwrap();
     let value_norm = built().plugin("value_norm");
-    let ran = run(
-        dir.path(),
-        value_norm.to_str().unwrap(),
-        &["value_norm_blocks=first", "steps=1"],
-    );
+    let ran = run(dir.path(), value_norm.to_str().unwrap(), &["value_norm_blocks=first", "steps=1"]);
     assert!(ran.success(), "{}", ran.stderr());
     let runs = runs(dir.path());
-    assert_eq!(
-        runs[1].record["config"]["model"]["value_norm_blocks"],
-        "first"
-    );
-    assert!(runs[0].record["config"]["model"]
-        .get("value_norm_blocks")
-        .is_none());
+    assert_eq!(runs[1].record["config"]["model"]["value_norm_blocks"], "first");
+    assert!(runs[0].record["config"]["model"].get("value_norm_blocks").is_none());
 }

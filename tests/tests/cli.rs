@@ -43,22 +43,12 @@ fn run_help_lists_the_config_keys_and_presets() {
 fn list_shows_the_baseline_and_installed_plugins() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    std::fs::copy(
-        built().plugin("value_norm"),
-        dir.path().join("plugins/value_norm.so"),
-    )
-    .unwrap();
+    std::fs::copy(built().plugin("value_norm"), dir.path().join("plugins/value_norm.so")).unwrap();
     std::fs::write(dir.path().join("plugins/broken.so"), "junk").unwrap();
     let out = built().lmhost(dir.path(), &["list"]).stdout();
     assert!(out.contains("baseline (built-in)"), "{out}");
-    assert!(
-        out.contains("plugins/value_norm.so") && out.contains("normv1_0,normv1_1,normv1_2"),
-        "{out}"
-    );
-    assert!(
-        out.contains("plugins/broken.so") && out.contains("cannot load"),
-        "{out}"
-    );
+    assert!(out.contains("plugins/value_norm.so") && out.contains("normv1_0,normv1_1,normv1_2"), "{out}");
+    assert!(out.contains("plugins/broken.so") && out.contains("cannot load"), "{out}");
 }
 
 #[test]
@@ -82,8 +72,5 @@ fn the_readme_plugin_is_the_one_the_kit_compiles() {
     let root = &built().workspace_root;
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let example = std::fs::read_to_string(root.join("docs/example_plugin.rs")).unwrap();
-    assert!(
-        readme.contains(&example),
-        "README.md's plugin differs from docs/example_plugin.rs"
-    );
+    assert!(readme.contains(&example), "README.md's plugin differs from docs/example_plugin.rs");
 }

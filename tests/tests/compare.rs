@@ -66,27 +66,15 @@ fn compare(dir: &Path, extra: &[&str]) -> Ran {
 
 /// The last validation loss of a run, read straight from its Arrow file.
 fn final_val_loss(run: &Path) -> f64 {
-    let reader = arrow_ipc::reader::StreamReader::try_new(
-        File::open(run.join("stats.arrows")).unwrap(),
-        None,
-    )
-    .unwrap();
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(File::open(run.join("stats.arrows")).unwrap(), None)
+            .unwrap();
     let mut last = f64::NAN;
     for batch in reader {
         let batch = batch.unwrap();
-        let split = batch
-            .column_by_name("split")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let split = batch.column_by_name("split").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         let metric = batch.column_by_name("metric").unwrap();
-        let loss = batch
-            .column_by_name("loss")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
+        let loss = batch.column_by_name("loss").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
         for i in 0..batch.num_rows() {
             if split.value(i) == "val" && metric.is_null(i) {
                 last = loss.value(i);
@@ -97,12 +85,7 @@ fn final_val_loss(run: &Path) -> f64 {
 }
 
 fn group<'a>(report: &'a Value, label: &str) -> &'a Value {
-    report["summaries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["label"] == label)
-        .unwrap()
+    report["summaries"].as_array().unwrap().iter().find(|s| s["label"] == label).unwrap()
 }
 
 #[test]
@@ -112,17 +95,13 @@ fn the_report_numbers_match_the_arrow_data() {
     let ran = compare(fixture(), &["--out", out_dir.to_str().unwrap()]);
     assert!(ran.success(), "{}", ran.stderr());
     let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
 
     // Independent computation: final validation losses by arm and seed.
     let mut by_arm: std::collections::BTreeMap<String, Vec<(u64, f64)>> = Default::default();
     for run in runs(fixture()) {
         let seed = run.record["config"]["run"]["seed"].as_u64().unwrap();
-        by_arm
-            .entry(run.arm().to_owned())
-            .or_default()
-            .push((seed, final_val_loss(&run.path)));
+        by_arm.entry(run.arm().to_owned()).or_default().push((seed, final_val_loss(&run.path)));
     }
     let sorted = |arm: &str| -> Vec<f64> {
         let mut v = by_arm[arm].clone();
@@ -131,9 +110,8 @@ fn the_report_numbers_match_the_arrow_data() {
     };
     let (b, e) = (sorted("baseline"), sorted("experiment"));
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let std = |v: &[f64]| {
-        (v.iter().map(|x| (x - mean(v)).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-    };
+    let std =
+        |v: &[f64]| (v.iter().map(|x| (x - mean(v)).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
     let close = |a: &Value, b: f64| assert!((a.as_f64().unwrap() - b).abs() < 1e-9, "{a} vs {b}");
 
     let base = group(&report, "baseline");
@@ -152,10 +130,7 @@ fn the_report_numbers_match_the_arrow_data() {
     let se = std(&d) / 2f64.sqrt();
     let t = mean(&d) / se;
     assert_eq!(exp["test"], "paired");
-    close(
-        &exp["p_value"],
-        1.0 - 2.0 * t.abs().atan() / std::f64::consts::PI,
-    );
+    close(&exp["p_value"], 1.0 - 2.0 * t.abs().atan() / std::f64::consts::PI);
     let half = (0.475 * std::f64::consts::PI).tan() * se;
     let ci = exp["ci95"].as_array().unwrap();
     assert!((ci[0].as_f64().unwrap() - (mean(&d) - half)).abs() < 1e-6);
@@ -163,14 +138,7 @@ fn the_report_numbers_match_the_arrow_data() {
 
     // Markdown carries the same table; every plot exists as SVG and PNG.
     let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
-    assert!(
-        md.contains(&format!(
-            "| baseline | 2 | 1,2 | {:.4} ± {:.4} |",
-            mean(&b),
-            std(&b)
-        )),
-        "{md}"
-    );
+    assert!(md.contains(&format!("| baseline | 2 | 1,2 | {:.4} ± {:.4} |", mean(&b), std(&b))), "{md}");
     for plot in [
         "val_loss",
         "val_loss_vs_baseline",
@@ -193,12 +161,7 @@ fn the_page_renders_in_headless_chromium() {
     assert!(compare(fixture(), &["--out", report.to_str().unwrap()]).success());
     let chromium = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|c| {
-            Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
         .expect("headless Chromium is needed for this test: apt-get install -y chromium");
     let url = format!("file://{}", report.join("report.html").display());
     let profile = out.path().join("profile");
@@ -220,39 +183,20 @@ fn the_page_renders_in_headless_chromium() {
         args.push(format!("--user-data-dir={}", profile.display()));
         args.extend(extra.iter().cloned());
         args.push(url.clone());
-        Command::new(chromium)
-            .args(&args)
-            .output()
-            .expect("run chromium")
+        Command::new(chromium).args(&args).output().expect("run chromium")
     };
     let screenshot: PathBuf = out.path().join("report.png");
-    let shot = chrome(&[
-        format!("--screenshot={}", screenshot.display()),
-        "--window-size=1400,2000".into(),
-    ]);
+    let shot = chrome(&[format!("--screenshot={}", screenshot.display()), "--window-size=1400,2000".into()]);
     let png = std::fs::read(&screenshot)
         .unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&shot.stderr)));
     assert_eq!(&png[1..4], b"PNG");
-    assert!(
-        png.len() > 20_000,
-        "a blank page is a few kB; got {} bytes",
-        png.len()
-    );
+    assert!(png.len() > 20_000, "a blank page is a few kB; got {} bytes", png.len());
     // The rendered DOM: the SVG plots are there and carry their data.
     let dom = String::from_utf8(chrome(&["--dump-dom".into()]).stdout).unwrap();
-    assert!(
-        dom.matches("<svg").count() >= 7,
-        "plots missing from the rendered page"
-    );
-    let points: Vec<usize> = dom
-        .split("data-points=\"")
-        .skip(1)
-        .map(|s| s.split('"').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        points.len() >= 10 && points.iter().filter(|&&p| p >= 2).count() >= 10,
-        "{points:?}"
-    );
+    assert!(dom.matches("<svg").count() >= 7, "plots missing from the rendered page");
+    let points: Vec<usize> =
+        dom.split("data-points=\"").skip(1).map(|s| s.split('"').next().unwrap().parse().unwrap()).collect();
+    assert!(points.len() >= 10 && points.iter().filter(|&&p| p >= 2).count() >= 10, "{points:?}");
     assert!(dom.contains("value_norm/normv1_0") && dom.contains("Final validation loss"));
 }
 
@@ -272,8 +216,7 @@ fn a_torn_stats_file_and_a_running_run_are_reported_as_such() {
     assert!(ran.success(), "{}", ran.stderr());
     let notes = ran.stderr();
     assert!(
-        notes.contains("stats.arrows is torn")
-            && notes.contains("the rows before the tear are used"),
+        notes.contains("stats.arrows is torn") && notes.contains("the rows before the tear are used"),
         "{notes}"
     );
     assert!(notes.contains("still running"), "{notes}");
@@ -297,43 +240,26 @@ fn bad_input_gets_one_clear_line() {
     let runs = runs(d);
     // A folder that is not a run.
     std::fs::create_dir(d.join("not_a_run")).unwrap();
-    one_error(
-        &built().lmhost(d, &["compare", "not_a_run"]),
-        &["not_a_run is not a run folder"],
-    );
+    one_error(&built().lmhost(d, &["compare", "not_a_run"]), &["not_a_run is not a run folder"]);
     // A pattern that matches nothing.
-    one_error(
-        &built().lmhost(d, &["compare", "runs/*nothing*"]),
-        &["no run folders match"],
-    );
+    one_error(&built().lmhost(d, &["compare", "runs/*nothing*"]), &["no run folders match"]);
     // Different tokenizers: refused, unless forced.
     let record = runs[0].path.join("run.json");
     let original = std::fs::read_to_string(&record).unwrap();
-    let fingerprint = runs[0].record["data"]["manifest"]["tokenizer_fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fingerprint =
+        runs[0].record["data"]["manifest"]["tokenizer_fingerprint"].as_str().unwrap().to_owned();
     std::fs::write(&record, original.replace(&fingerprint, &"0".repeat(64))).unwrap();
-    one_error(
-        &compare(d, &["--out", "x"]),
-        &["different tokenizers", "--force"],
-    );
+    one_error(&compare(d, &["--out", "x"]), &["different tokenizers", "--force"]);
     assert!(compare(d, &["--out", "x", "--force"]).success());
     std::fs::write(&record, &original).unwrap();
     // An existing report is not overwritten unless asked.
     let before = std::fs::read(d.join("x/report.html")).unwrap();
-    one_error(
-        &compare(d, &["--out", "x"]),
-        &["already holds a report", "--overwrite"],
-    );
+    one_error(&compare(d, &["--out", "x"]), &["already holds a report", "--overwrite"]);
     assert_eq!(std::fs::read(d.join("x/report.html")).unwrap(), before);
     assert!(compare(d, &["--out", "x", "--overwrite"]).success());
     // An empty run.
     std::fs::remove_file(runs[1].path.join("stats.arrows")).unwrap();
-    one_error(
-        &compare(d, &["--out", "y"]),
-        &["has no stats yet (empty run)"],
-    );
+    one_error(&compare(d, &["--out", "y"]), &["has no stats yet (empty run)"]);
     // Stats from a future schema version.
     let future = runs[1].path.join("stats.arrows");
     let mut schema = reports::stats::schema(Default::default());
@@ -342,9 +268,6 @@ fn bad_input_gets_one_clear_line() {
         .unwrap()
         .finish()
         .unwrap();
-    one_error(
-        &compare(d, &["--out", "y"]),
-        &["schema version 99", "upgrade lmhost"],
-    );
+    one_error(&compare(d, &["--out", "y"]), &["schema version 99", "upgrade lmhost"]);
     assert!(!d.join("y").exists(), "a refused comparison writes nothing");
 }

@@ -48,19 +48,12 @@ fn a_new_plugin_builds_passes_its_tests_and_trains() {
 
     let ran = built().lmhost(w, &["new", "my_idea"]);
     assert!(ran.success(), "{}", ran.stderr());
-    assert!(
-        ran.stdout()
-            .contains("target/release/lmhost run plugins/my_idea"),
-        "{}",
-        ran.stdout()
-    );
+    assert!(ran.stdout().contains("target/release/lmhost run plugins/my_idea"), "{}", ran.stdout());
     let lib = std::fs::read_to_string(w.join("plugins/my_idea/src/lib.rs")).unwrap();
     assert!(lib.contains("pub struct MyIdea(Gpt);") && lib.contains("your idea here"));
-    assert!(
-        std::fs::read_to_string(w.join("plugins/my_idea/Cargo.toml"))
-            .unwrap()
-            .contains("name = \"my_idea\"")
-    );
+    assert!(std::fs::read_to_string(w.join("plugins/my_idea/Cargo.toml"))
+        .unwrap()
+        .contains("name = \"my_idea\""));
     // Names are checked, and nothing is overwritten.
     assert!(built().lmhost(w, &["new", "my_idea"]).error_lines()[0].contains("already exists"));
     assert!(built().lmhost(w, &["new", "My-Idea"]).error_lines()[0].contains("snake_case"));
@@ -73,21 +66,11 @@ fn a_new_plugin_builds_passes_its_tests_and_trains() {
         .current_dir(w)
         .output()
         .unwrap();
-    assert!(
-        test.status.success(),
-        "{}",
-        String::from_utf8_lossy(&test.stderr)
-    );
+    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
 
     // `lmhost run plugins/my_idea` builds the workspace and trains it.
-    let mut args = vec![
-        "run",
-        "plugins/my_idea",
-        "--no-baseline",
-        "steps=4",
-        "eval_every=2",
-        "variant=strong",
-    ];
+    let mut args =
+        vec!["run", "plugins/my_idea", "--no-baseline", "steps=4", "eval_every=2", "variant=strong"];
     args.extend(SMALL_MODEL);
     let out = Command::new(built().lmhost_path())
         .args(&args)
@@ -96,18 +79,11 @@ fn a_new_plugin_builds_passes_its_tests_and_trains() {
         .env("CARGO_TARGET_DIR", &target)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = runs(w).pop().unwrap();
     assert_eq!(run.record["plugin"]["name"], "my_idea");
     assert_eq!(run.record["config"]["model"]["strength"], 2.0);
     let val = run.val_losses();
     assert!(val.last().unwrap() < &val[0], "{val:?}");
-    assert!(
-        w.join("plugins/my_idea.so").exists(),
-        "installed beside its crate"
-    );
+    assert!(w.join("plugins/my_idea.so").exists(), "installed beside its crate");
 }

@@ -29,28 +29,15 @@ fn train(dir: &Path, plugin: &str, variant: &str) -> PathBuf {
     assert!(ran.success(), "{plugin} {variant}: {}", ran.stderr());
     let run = runs(dir).into_iter().last().unwrap();
     assert_eq!(run.status(), "finished");
-    let train: Vec<f64> = run
-        .stats()
-        .split(reports::Split::Train)
-        .map(|r| r.loss.unwrap())
-        .collect();
-    assert!(
-        train.iter().all(|l| l.is_finite()),
-        "{plugin} {variant}: {train:?}"
-    );
+    let train: Vec<f64> = run.stats().split(reports::Split::Train).map(|r| r.loss.unwrap()).collect();
+    assert!(train.iter().all(|l| l.is_finite()), "{plugin} {variant}: {train:?}");
     let val = run.val_losses();
-    assert!(
-        val.last().unwrap() < &(val[0] - 0.3),
-        "{plugin} {variant} did not learn: {val:?}"
-    );
+    assert!(val.last().unwrap() < &(val[0] - 0.3), "{plugin} {variant} did not learn: {val:?}");
     run.path
 }
 
 fn export_verified(dir: &Path, run: &Path) -> Ran {
-    built().lmhost(
-        dir,
-        &["export", run.to_str().unwrap(), "--prod", "--verify"],
-    )
+    built().lmhost(dir, &["export", run.to_str().unwrap(), "--prod", "--verify"])
 }
 
 fn check_variants(plugin: &str, variants: &[&str], sacrificial: bool) {
@@ -60,31 +47,15 @@ fn check_variants(plugin: &str, variants: &[&str], sacrificial: bool) {
         let ran = export_verified(dir.path(), &run);
         if sacrificial {
             assert!(ran.success(), "{plugin} {variant}: {}", ran.stderr());
-            let line = ran
-                .stdout()
-                .lines()
-                .find(|l| l.starts_with("verify:"))
-                .unwrap()
-                .to_owned();
-            let worst: f64 = line
-                .split("max |Δ| = ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let line = ran.stdout().lines().find(|l| l.starts_with("verify:")).unwrap().to_owned();
+            let worst: f64 =
+                line.split("max |Δ| = ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
             assert!(worst < 1e-4, "{plugin} {variant}: {line}");
             assert!(line.contains("parameters, as the baseline"), "{line}");
             assert!(run.join("prod.safetensors").is_file());
         } else {
             assert!(!ran.success());
-            assert!(
-                ran.stderr().contains("is not sacrificial"),
-                "{}",
-                ran.stderr()
-            );
+            assert!(ran.stderr().contains("is not sacrificial"), "{}", ran.stderr());
             assert!(!run.join("prod.safetensors").exists());
         }
     }
@@ -94,34 +65,19 @@ fn check_variants(plugin: &str, variants: &[&str], sacrificial: bool) {
 fn unified_embeddings_variants_train_and_export_to_the_baseline() {
     check_variants(
         "unified_embeddings",
-        &[
-            "ue8x",
-            "ue1x",
-            "ue16x",
-            "ue8x_mid32",
-            "ue8x_mid64",
-            "ue8x_gelu",
-        ],
+        &["ue8x", "ue1x", "ue16x", "ue8x_mid32", "ue8x_mid64", "ue8x_gelu"],
         true,
     );
 }
 
 #[test]
 fn unified_weights_variants_train_and_export_to_the_baseline() {
-    check_variants(
-        "unified_weights",
-        &["uw1_0", "uw1_1", "uw1_2", "uw2_0"],
-        true,
-    );
+    check_variants("unified_weights", &["uw1_0", "uw1_1", "uw1_2", "uw2_0"], true);
 }
 
 #[test]
 fn reverse_position_attention_variants_train() {
-    check_variants(
-        "reverse_position_attention",
-        &["apos1_0", "apos1_1", "apos1_2"],
-        false,
-    );
+    check_variants("reverse_position_attention", &["apos1_0", "apos1_1", "apos1_2"], false);
 }
 
 #[test]
@@ -130,14 +86,7 @@ fn value_norm_variants_train() {
 }
 
 fn generate(dir: &Path, run: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "generate",
-        run.to_str().unwrap(),
-        "--prompt",
-        "ROMEO:",
-        "--max-tokens",
-        "24",
-    ];
+    let mut args = vec!["generate", run.to_str().unwrap(), "--prompt", "ROMEO:", "--max-tokens", "24"];
     args.extend(extra);
     let ran = built().lmhost(dir, &args);
     assert!(ran.success(), "{}", ran.stderr());
@@ -151,30 +100,15 @@ fn generation_is_deterministic_and_the_same_from_prod_weights() {
     let so = built().plugin("unified_embeddings");
     let ran = built().lmhost(
         d,
-        &[
-            "run",
-            so.to_str().unwrap(),
-            "--preset",
-            "tiny",
-            "steps=8",
-            "eval_every=8",
-            "eval_windows=8",
-        ],
+        &["run", so.to_str().unwrap(), "--preset", "tiny", "steps=8", "eval_every=8", "eval_windows=8"],
     );
     assert!(ran.success(), "{}", ran.stderr());
     let all = runs(d);
     let (baseline, experiment) = (&all[0].path, &all[1].path);
     for run in [baseline, experiment] {
         let text = generate(d, run, &["--seed", "5"]);
-        assert!(
-            text.starts_with("ROMEO:") && text.len() > "ROMEO:".len(),
-            "{text}"
-        );
-        assert_eq!(
-            text,
-            generate(d, run, &["--seed", "5"]),
-            "the same seed, the same text"
-        );
+        assert!(text.starts_with("ROMEO:") && text.len() > "ROMEO:".len(), "{text}");
+        assert_eq!(text, generate(d, run, &["--seed", "5"]), "the same seed, the same text");
         assert_eq!(
             generate(d, run, &["--temperature", "0", "--seed", "1"]),
             generate(d, run, &["--temperature", "0", "--seed", "2"]),
@@ -194,30 +128,10 @@ fn generation_is_deterministic_and_the_same_from_prod_weights() {
     let ran = built().lmhost(d, &["generate", baseline.to_str().unwrap(), "--prompt", ""]);
     assert_eq!(ran.error_lines().len(), 1);
     assert!(ran.error_lines()[0].contains("--prompt is empty"));
-    let ran = built().lmhost(
-        d,
-        &[
-            "generate",
-            baseline.to_str().unwrap(),
-            "--prompt",
-            "x",
-            "--prod",
-        ],
-    );
-    assert!(
-        ran.error_lines()[0].contains("not sacrificial"),
-        "{}",
-        ran.stderr()
-    );
-    std::fs::write(
-        baseline.join("checkpoints/step_000008.safetensors"),
-        b"damaged",
-    )
-    .unwrap();
-    let ran = built().lmhost(
-        d,
-        &["generate", baseline.to_str().unwrap(), "--prompt", "x"],
-    );
+    let ran = built().lmhost(d, &["generate", baseline.to_str().unwrap(), "--prompt", "x", "--prod"]);
+    assert!(ran.error_lines()[0].contains("not sacrificial"), "{}", ran.stderr());
+    std::fs::write(baseline.join("checkpoints/step_000008.safetensors"), b"damaged").unwrap();
+    let ran = built().lmhost(d, &["generate", baseline.to_str().unwrap(), "--prompt", "x"]);
     assert_eq!(ran.error_lines().len(), 1, "{}", ran.stderr());
     assert!(
         ran.error_lines()[0].contains("step_000008.safetensors is not a checkpoint of this run"),

@@ -27,59 +27,30 @@ fn value_norm_and_the_baseline_train_side_by_side() {
     assert!(out.contains("arm:baseline step:10/30 loss:"), "{out}");
     assert!(out.contains("arm:value_norm step:30/30 loss:"), "{out}");
     assert!(out.contains(" tok/s:") && out.contains(" eta:"), "{out}");
-    assert!(
-        out.contains("val loss difference (value_norm − baseline)"),
-        "{out}"
-    );
+    assert!(out.contains("val loss difference (value_norm − baseline)"), "{out}");
 
     let runs = runs(dir.path());
-    assert_eq!(
-        runs.iter().map(|r| r.arm()).collect::<Vec<_>>(),
-        ["baseline", "experiment"]
-    );
+    assert_eq!(runs.iter().map(|r| r.arm()).collect::<Vec<_>>(), ["baseline", "experiment"]);
     for run in &runs {
         assert_eq!(run.status(), "finished");
         let stats = run.stats();
         assert!(stats.finished && stats.torn.is_none());
-        let train: Vec<f64> = stats
-            .split(reports::Split::Train)
-            .map(|r| r.loss.unwrap())
-            .collect();
+        let train: Vec<f64> = stats.split(reports::Split::Train).map(|r| r.loss.unwrap()).collect();
         assert_eq!(train.len(), 30);
         assert!(train.iter().all(|l| l.is_finite()));
         let val = run.val_losses();
         assert_eq!(val.len(), 4, "evaluated at steps 0, 10, 20, 30");
-        assert!(
-            val[3] < val[0] - 1.0,
-            "{} arm did not learn: {val:?}",
-            run.arm()
-        );
-        assert!(run
-            .path
-            .join("checkpoints/step_000030.safetensors")
-            .is_file());
+        assert!(val[3] < val[0] - 1.0, "{} arm did not learn: {val:?}", run.arm());
+        assert!(run.path.join("checkpoints/step_000030.safetensors").is_file());
         let r = &run.record;
         assert_eq!(r["config"]["run"]["seed"], 1);
         assert_eq!(r["config"]["model"]["n_layer"], 4);
         assert_eq!(r["derived"]["tokens_per_step"], 1024);
         assert_eq!(r["result"]["tokens"], 30 * 1024);
-        assert!(
-            r["data"]["manifest"]["tokenizer_fingerprint"]
-                .as_str()
-                .unwrap()
-                .len()
-                == 64
-        );
+        assert!(r["data"]["manifest"]["tokenizer_fingerprint"].as_str().unwrap().len() == 64);
     }
     // Same budget and the same data: both arms saw the same tokens at every step.
-    let tokens = |i: usize| {
-        runs[i]
-            .stats()
-            .rows
-            .iter()
-            .map(|r| r.tokens)
-            .collect::<Vec<_>>()
-    };
+    let tokens = |i: usize| runs[i].stats().rows.iter().map(|r| r.tokens).collect::<Vec<_>>();
     assert_eq!(tokens(0), tokens(1));
     let experiment = &runs[1].record;
     assert_eq!(experiment["plugin"]["name"], "value_norm");
@@ -92,18 +63,12 @@ fn value_norm_and_the_baseline_train_side_by_side() {
         "import pyarrow.ipc as ipc\nt = ipc.open_stream(open('{}', 'rb')).read_all()\nprint(t.num_rows, t.column('loss')[0].as_py() > 0, t.schema.metadata[b'lmhost.stats_version'].decode())",
         runs[1].path.join("stats.arrows").display()
     );
-    let py = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
+    let py = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3");
     assert!(
         py.status.success(),
         "pyarrow could not read stats.arrows (pip install pyarrow): {}",
         String::from_utf8_lossy(&py.stderr)
     );
     let rows = runs[1].stats().rows.len();
-    assert_eq!(
-        String::from_utf8_lossy(&py.stdout).trim(),
-        format!("{rows} True 1")
-    );
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("{rows} True 1"));
 }

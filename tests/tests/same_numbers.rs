@@ -4,32 +4,14 @@
 use lmhost_tests::{built, runs, RunDir, SMALL_MODEL};
 
 /// Step, tokens, split, loss, accuracy, lr, grad norm.
-type Numbers = Vec<(
-    u64,
-    u64,
-    &'static str,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-)>;
+type Numbers = Vec<(u64, u64, &'static str, Option<f64>, Option<f64>, Option<f64>, Option<f64>)>;
 
 /// Every number of a run that does not depend on timing.
 fn numbers(run: &RunDir) -> Numbers {
     run.stats()
         .rows
         .iter()
-        .map(|r| {
-            (
-                r.step,
-                r.tokens,
-                r.split.as_str(),
-                r.loss,
-                r.accuracy,
-                r.lr,
-                r.grad_norm,
-            )
-        })
+        .map(|r| (r.step, r.tokens, r.split.as_str(), r.loss, r.accuracy, r.lr, r.grad_norm))
         .collect()
 }
 
@@ -78,11 +60,7 @@ fn a_matching_finished_baseline_is_reused() {
     assert!(built().lmhost(dir.path(), &a).success());
     let again = built().lmhost(dir.path(), &a);
     assert!(again.success());
-    assert!(
-        again.stdout().contains("arm:baseline reusing"),
-        "{}",
-        again.stdout()
-    );
+    assert!(again.stdout().contains("arm:baseline reusing"), "{}", again.stdout());
     let runs = runs(dir.path());
     assert_eq!(runs.iter().filter(|r| r.arm() == "baseline").count(), 1);
     assert_eq!(runs.iter().filter(|r| r.arm() == "experiment").count(), 2);

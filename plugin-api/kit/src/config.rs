@@ -53,9 +53,7 @@ impl KnobType for bool {
         Value::from(*self)
     }
     fn from_json(value: &Value) -> ::std::result::Result<Self, String> {
-        value
-            .as_bool()
-            .ok_or_else(|| format!("expected true or false, got {value}"))
+        value.as_bool().ok_or_else(|| format!("expected true or false, got {value}"))
     }
 }
 
@@ -65,10 +63,7 @@ impl KnobType for String {
         Value::from(self.as_str())
     }
     fn from_json(value: &Value) -> ::std::result::Result<Self, String> {
-        value
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("expected a string, got {value}"))
+        value.as_str().map(str::to_owned).ok_or_else(|| format!("expected a string, got {value}"))
     }
 }
 
@@ -85,12 +80,7 @@ pub struct FieldSpec {
 
 impl FieldSpec {
     pub fn new<T: KnobType>(name: &str, default: &T, doc: &str) -> Self {
-        let help = doc
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let help = doc.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
         Self {
             name: name.to_owned(),
             kind: T::KIND.to_owned(),
@@ -324,11 +314,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_a_map() {
-        let d = Demo {
-            layers: 2,
-            lr: 1e-3,
-            colour: Colour::Blue,
-        };
+        let d = Demo { layers: 2, lr: 1e-3, colour: Colour::Blue };
         assert_eq!(Demo::from_map(&d.to_map()).unwrap(), d);
     }
 
@@ -338,9 +324,6 @@ mod tests {
         let err = reject_unknown_keys(&map, &Demo::fields()).unwrap_err();
         assert_eq!(err, "unknown config key `layres` (did you mean `layers`?)");
         let map: Map<String, Value> = serde_json::from_str(r#"{"zzzzzzzz": 6}"#).unwrap();
-        assert_eq!(
-            reject_unknown_keys(&map, &Demo::fields()).unwrap_err(),
-            "unknown config key `zzzzzzzz`"
-        );
+        assert_eq!(reject_unknown_keys(&map, &Demo::fields()).unwrap_err(), "unknown config key `zzzzzzzz`");
     }
 }

@@ -50,9 +50,7 @@ pub trait Experiment: Sized + 'static {
     /// Logits of the new positions after the cached ones, for generation; `None` when the model
     /// has no cache (generation then recomputes the whole window for every token).
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Option<Tensor>> {
-        self.gpt()
-            .map(|gpt| gpt.forward_cached(ids, cache))
-            .transpose()
+        self.gpt().map(|gpt| gpt.forward_cached(ids, cache)).transpose()
     }
 
     /// The weights a user ships: for a sacrificial experiment its parts in the baseline's
@@ -83,11 +81,7 @@ pub struct Variant {
 
 impl Variant {
     pub fn new(name: &'static str, summary: &'static str) -> Self {
-        Self {
-            name,
-            summary,
-            overrides: Map::new(),
-        }
+        Self { name, summary, overrides: Map::new() }
     }
 
     /// Adds one override, e.g. `.set("value_norm_blocks", Blocks::From1)`.

@@ -13,9 +13,9 @@ use abi_stable::{
     std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec},
 };
 use plugin_api::{
-    BatchStats, ConfigField, ErrorKind, GenerateSettings, Metric, ModelBox, ParamCounts,
-    PluginError, PluginInfo, PluginMod, PluginModRef, StepReport, StepSettings, TokenBatch,
-    TrainableModel, TrainableModel_TO, VariantInfo,
+    BatchStats, ConfigField, ErrorKind, GenerateSettings, Metric, ModelBox, ParamCounts, PluginError,
+    PluginInfo, PluginMod, PluginModRef, StepReport, StepSettings, TokenBatch, TrainableModel,
+    TrainableModel_TO, VariantInfo,
 };
 
 use crate::experiment::Experiment;
@@ -112,14 +112,10 @@ extern "C" fn info<P: PluginCrate>() -> PluginInfo {
     }
 }
 
-extern "C" fn resolve_config<E: Experiment>(
-    config_json: RStr<'_>,
-) -> RResult<RString, PluginError> {
+extern "C" fn resolve_config<E: Experiment>(config_json: RStr<'_>) -> RResult<RString, PluginError> {
     guard(|| {
         let config = ResolvedConfig::<E>::parse(config_json.as_str())?;
-        Ok(serde_json::Value::Object(config.to_map())
-            .to_string()
-            .into())
+        Ok(serde_json::Value::Object(config.to_map()).to_string().into())
     })
 }
 
@@ -129,10 +125,7 @@ extern "C" fn create<E: Experiment>(
 ) -> RResult<ModelBox, PluginError> {
     guard(|| {
         let trainer = Trainer::<E>::new(&RunSpec::from(spec), config_json.as_str())?;
-        Ok(TrainableModel_TO::from_value(
-            PluginModel(trainer),
-            TD_Opaque,
-        ))
+        Ok(TrainableModel_TO::from_value(PluginModel(trainer), TD_Opaque))
     })
 }
 
@@ -147,8 +140,7 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
     ) -> RResult<BatchStats, PluginError> {
         guard(|| {
             let (rows, cols) = (batch.rows as usize, batch.cols as usize);
-            self.0
-                .forward_backward(batch.ids.as_slice(), rows, cols, loss_scale)
+            self.0.forward_backward(batch.ids.as_slice(), rows, cols, loss_scale)
         })
     }
 
@@ -160,13 +152,7 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
     }
 
     fn evaluate(&mut self, batch: TokenBatch<'_>) -> RResult<BatchStats, PluginError> {
-        guard(|| {
-            self.0.evaluate(
-                batch.ids.as_slice(),
-                batch.rows as usize,
-                batch.cols as usize,
-            )
-        })
+        guard(|| self.0.evaluate(batch.ids.as_slice(), batch.rows as usize, batch.cols as usize))
     }
 
     fn save_state(&self, metadata_json: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
@@ -196,16 +182,7 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
     }
 
     fn logits(&mut self, batch: TokenBatch<'_>) -> RResult<RVec<f32>, PluginError> {
-        guard(|| {
-            Ok(self
-                .0
-                .logits(
-                    batch.ids.as_slice(),
-                    batch.rows as usize,
-                    batch.cols as usize,
-                )?
-                .into())
-        })
+        guard(|| Ok(self.0.logits(batch.ids.as_slice(), batch.rows as usize, batch.cols as usize)?.into()))
     }
 
     fn generate(
@@ -237,10 +214,7 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
                 .model
                 .extra_metrics()
                 .into_iter()
-                .map(|(name, value)| Metric {
-                    name: name.into(),
-                    value,
-                })
+                .map(|(name, value)| Metric { name: name.into(), value })
                 .collect())
         })
     }
@@ -277,9 +251,6 @@ mod tests {
 
     #[test]
     fn root_module_symbol_is_abi_stables() {
-        assert_eq!(
-            ROOT_MODULE_SYMBOL,
-            abi_stable::library::ROOT_MODULE_LOADER_NAME
-        );
+        assert_eq!(ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
     }
 }

@@ -29,13 +29,7 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut SplitMix) -> u32 {
         logits
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
-                if l > best.1 {
-                    (i, l)
-                } else {
-                    best
-                }
-            })
+            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
             .0 as u32
     };
     if s.temperature <= 0.0 {
@@ -91,11 +85,7 @@ pub fn generate<E: Experiment>(
     let window = |tokens: &[u32]| tokens[tokens.len().saturating_sub(context)..].to_vec();
     let last_row = |logits: Tensor| -> Result<Vec<f32>> {
         let t = logits.dim(1)?;
-        logits
-            .get(0)?
-            .get(t - 1)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()
+        logits.get(0)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()
     };
     let mut rng = SplitMix::new(s.seed);
     let mut tokens = prompt.to_vec();
@@ -139,14 +129,7 @@ mod tests {
     use crate::trainer::{RunSpec, Trainer};
 
     fn settings(temperature: f64) -> Sampling {
-        Sampling {
-            max_tokens: 40,
-            temperature,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 7,
-            stop: None,
-        }
+        Sampling { max_tokens: 40, temperature, top_k: 0, top_p: 1.0, seed: 7, stop: None }
     }
 
     #[test]
@@ -154,23 +137,12 @@ mod tests {
         let logits = [0.0f32, 3.0, 1.0, 2.9];
         let mut rng = SplitMix::new(1);
         assert_eq!(sample(&logits, &settings(0.0), &mut rng), 1);
-        let top1 = Sampling {
-            top_k: 1,
-            ..settings(1.0)
-        };
+        let top1 = Sampling { top_k: 1, ..settings(1.0) };
         assert!((0..50).all(|_| sample(&logits, &top1, &mut rng) == 1));
-        let nucleus = Sampling {
-            top_p: 0.5,
-            ..settings(1.0)
-        };
+        let nucleus = Sampling { top_p: 0.5, ..settings(1.0) };
         assert!((0..50).all(|_| [1, 3].contains(&sample(&logits, &nucleus, &mut rng))));
-        let draws: Vec<u32> = (0..400)
-            .map(|_| sample(&logits, &settings(1.0), &mut rng))
-            .collect();
-        assert!(
-            [0, 1, 2, 3].iter().all(|t| draws.contains(t)),
-            "every token can be drawn"
-        );
+        let draws: Vec<u32> = (0..400).map(|_| sample(&logits, &settings(1.0), &mut rng)).collect();
+        assert!([0, 1, 2, 3].iter().all(|t| draws.contains(t)), "every token can be drawn");
     }
 
     #[test]
@@ -194,16 +166,8 @@ mod tests {
             generate(&t.model, &prompt, &settings(0.9), 16, &Device::Cpu, true).unwrap(),
             "deterministic for a seed"
         );
-        let stop = Sampling {
-            stop: Some(again[2]),
-            ..settings(0.9)
-        };
-        assert_eq!(
-            generate(&t.model, &prompt, &stop, 16, &Device::Cpu, true)
-                .unwrap()
-                .len(),
-            3
-        );
+        let stop = Sampling { stop: Some(again[2]), ..settings(0.9) };
+        assert_eq!(generate(&t.model, &prompt, &stop, 16, &Device::Cpu, true).unwrap().len(), 3);
     }
 
     #[test]
@@ -214,36 +178,20 @@ mod tests {
         )
         .unwrap();
         let ids: Vec<u32> = (0..10).map(|i| (i * 7 % 50) as u32).collect();
-        let full = t
-            .model
-            .forward(&Tensor::from_slice(&ids, (1, 10), &Device::Cpu).unwrap())
-            .unwrap();
+        let full = t.model.forward(&Tensor::from_slice(&ids, (1, 10), &Device::Cpu).unwrap()).unwrap();
         let mut cache = KvCache::default();
         let head = t
             .model
-            .forward_cached(
-                &Tensor::from_slice(&ids[..6], (1, 6), &Device::Cpu).unwrap(),
-                &mut cache,
-            )
+            .forward_cached(&Tensor::from_slice(&ids[..6], (1, 6), &Device::Cpu).unwrap(), &mut cache)
             .unwrap()
             .unwrap();
         let tail = t
             .model
-            .forward_cached(
-                &Tensor::from_slice(&ids[6..], (1, 4), &Device::Cpu).unwrap(),
-                &mut cache,
-            )
+            .forward_cached(&Tensor::from_slice(&ids[6..], (1, 4), &Device::Cpu).unwrap(), &mut cache)
             .unwrap()
             .unwrap();
         let joined = Tensor::cat(&[head, tail], 1).unwrap();
-        let diff = (full - joined)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = (full - joined).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "{diff}");
         assert_eq!(cache.len, 10);
     }

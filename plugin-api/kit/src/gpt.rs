@@ -15,9 +15,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{self, LayerNorm};
-use crate::parts::{
-    Attention, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe, TokenEmbedding,
-};
+use crate::parts::{Attention, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe, TokenEmbedding};
 
 crate::knobs! {
     /// The size of the model; vocabulary and context length come from the run.
@@ -62,11 +60,7 @@ impl GptConfig {
             candle_core::bail!("n_layer, n_head and n_embd must be positive");
         }
         if !self.n_embd.is_multiple_of(self.n_head) {
-            candle_core::bail!(
-                "n_embd ({}) must divide by n_head ({})",
-                self.n_embd,
-                self.n_head
-            );
+            candle_core::bail!("n_embd ({}) must divide by n_head ({})", self.n_embd, self.n_head);
         }
         Ok(())
     }
@@ -84,12 +78,7 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
         let (c, std) = (spec.gpt.n_embd, spec.gpt.init_std);
-        let dense = |out_dim, std| DenseSpec {
-            in_dim: c,
-            out_dim,
-            std,
-            bias: true,
-        };
+        let dense = |out_dim, std| DenseSpec { in_dim: c, out_dim, std, bias: true };
         Ok(Self {
             c_attn: recipe.dense(dense(3 * c, std), vb.pp("c_attn"))?,
             c_proj: recipe.dense(dense(c, spec.residual_std()), vb.pp("c_proj"))?,
@@ -157,21 +146,11 @@ impl Mlp {
         let c = spec.gpt.n_embd;
         Ok(Self {
             c_fc: recipe.dense(
-                DenseSpec {
-                    in_dim: c,
-                    out_dim: 4 * c,
-                    std: spec.gpt.init_std,
-                    bias: true,
-                },
+                DenseSpec { in_dim: c, out_dim: 4 * c, std: spec.gpt.init_std, bias: true },
                 vb.pp("c_fc"),
             )?,
             c_proj: recipe.dense(
-                DenseSpec {
-                    in_dim: 4 * c,
-                    out_dim: c,
-                    std: spec.residual_std(),
-                    bias: true,
-                },
+                DenseSpec { in_dim: 4 * c, out_dim: c, std: spec.residual_std(), bias: true },
                 vb.pp("c_proj"),
             )?,
         })
@@ -216,13 +195,7 @@ impl Block {
     }
 
     pub fn prod(&self) -> Result<Named> {
-        Ok([
-            self.ln_1.prod(),
-            self.attn.prod()?,
-            self.ln_2.prod(),
-            self.mlp.prod()?,
-        ]
-        .concat())
+        Ok([self.ln_1.prod(), self.attn.prod()?, self.ln_2.prod(), self.mlp.prod()?].concat())
     }
 }
 
@@ -243,12 +216,7 @@ impl Gpt {
         let h = (0..spec.gpt.n_layer)
             .map(|i| Block::new(recipe, i, spec, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let head = DenseSpec {
-            in_dim: c,
-            out_dim: spec.vocab_size,
-            std: spec.gpt.init_std,
-            bias: true,
-        };
+        let head = DenseSpec { in_dim: c, out_dim: spec.vocab_size, std: spec.gpt.init_std, bias: true };
         Ok(Self {
             wte: recipe.token_embedding(spec, t.pp("wte"))?,
             wpe: nn::embedding(spec.context_length, c, 0.0, t.pp("wpe"))?, // zero: lmplay
@@ -271,12 +239,7 @@ impl Gpt {
         Ok(logits)
     }
 
-    fn run(
-        &self,
-        ids: &Tensor,
-        offset: usize,
-        mut caches: Option<&mut Vec<LayerCache>>,
-    ) -> Result<Tensor> {
+    fn run(&self, ids: &Tensor, offset: usize, mut caches: Option<&mut Vec<LayerCache>>) -> Result<Tensor> {
         let t = ids.dim(1)?;
         let positions = self.wpe.table.narrow(0, offset, t)?; // (T, C)
         let mut x = self.wte.forward(ids)?.broadcast_add(&positions)?; // (B, T, C)

@@ -27,10 +27,7 @@ pub struct ParamStore {
 
 impl ParamStore {
     pub fn new(seed: u64) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Vec::new())),
-            seed,
-        }
+        Self { inner: Arc::new(Mutex::new(Vec::new())), seed }
     }
 
     /// A `VarBuilder` whose every `get` creates (or returns, for a repeated name) a seeded
@@ -45,17 +42,11 @@ impl ParamStore {
 
     /// Name to current value, e.g. to save weights.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.params()
-            .into_iter()
-            .map(|p| (p.name, p.var.as_tensor().clone()))
-            .collect()
+        self.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect()
     }
 
     pub fn count(&self) -> u64 {
-        self.params()
-            .iter()
-            .map(|p| p.var.elem_count() as u64)
-            .sum()
+        self.params().iter().map(|p| p.var.elem_count() as u64).sum()
     }
 
     /// Overwrites every parameter from `values`; each must be present with the same shape.
@@ -77,14 +68,7 @@ impl ParamStore {
         Ok(())
     }
 
-    fn create(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Tensor> {
+    fn create(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let mut params = self.inner.lock().expect("param store lock");
         if let Some(p) = params.iter().find(|p| p.name == name) {
             if p.var.shape() != &shape {
@@ -96,14 +80,9 @@ impl ParamStore {
             return Ok(p.var.as_tensor().clone());
         }
         let values = draw(&shape, &init, param_seed(self.seed, name))?;
-        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(dev)?;
+        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
         let var = Var::from_tensor(&tensor)?;
-        params.push(Param {
-            name: name.to_owned(),
-            var: var.clone(),
-        });
+        params.push(Param { name: name.to_owned(), var: var.clone() });
         Ok(var.as_tensor().clone())
     }
 }
@@ -118,11 +97,7 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.inner
-            .lock()
-            .expect("param store lock")
-            .iter()
-            .any(|p| p.name == name)
+        self.inner.lock().expect("param store lock").iter().any(|p| p.name == name)
     }
 }
 
@@ -142,17 +117,9 @@ fn draw(shape: &Shape, init: &Init, seed: u64) -> Result<Vec<f32>> {
     let mut rng = SplitMix::new(seed);
     Ok(match *init {
         Init::Const(c) => vec![c as f32; n],
-        Init::Randn { mean, stdev } => (0..n)
-            .map(|_| (mean + stdev * rng.normal()) as f32)
-            .collect(),
-        Init::Uniform { lo, up } => (0..n)
-            .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
-            .collect(),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
+        Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect(),
+        Init::Uniform { lo, up } => (0..n).map(|_| (lo + (up - lo) * rng.uniform()) as f32).collect(),
+        Init::Kaiming { dist, fan, non_linearity } => {
             let fan = fan.for_shape(shape) as f64;
             let std = non_linearity.gain() / fan.sqrt();
             match dist {
@@ -161,9 +128,7 @@ fn draw(shape: &Shape, init: &Init, seed: u64) -> Result<Vec<f32>> {
                 }
                 candle_nn::init::NormalOrUniform::Uniform => {
                     let bound = 3f64.sqrt() * std;
-                    (0..n)
-                        .map(|_| (bound * (2.0 * rng.uniform() - 1.0)) as f32)
-                        .collect()
+                    (0..n).map(|_| (bound * (2.0 * rng.uniform() - 1.0)) as f32).collect()
                 }
             }
         }
@@ -187,10 +152,7 @@ pub struct SplitMix {
 
 impl SplitMix {
     pub fn new(seed: u64) -> Self {
-        Self {
-            state: seed,
-            spare: None,
-        }
+        Self { state: seed, spare: None }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -230,42 +192,20 @@ mod tests {
     fn same_name_and_seed_give_same_values() {
         let a = ParamStore::new(7);
         let b = ParamStore::new(7);
-        let init = Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
-        let ta = a
-            .var_builder(DType::F32, &Device::Cpu)
-            .get_with_hints((4, 3), "w", init)
-            .unwrap();
+        let init = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let ta = a.var_builder(DType::F32, &Device::Cpu).get_with_hints((4, 3), "w", init).unwrap();
         // Creation order must not matter.
-        b.var_builder(DType::F32, &Device::Cpu)
-            .get_with_hints(5, "other", init)
-            .unwrap();
-        let tb = b
-            .var_builder(DType::F32, &Device::Cpu)
-            .get_with_hints((4, 3), "w", init)
-            .unwrap();
+        b.var_builder(DType::F32, &Device::Cpu).get_with_hints(5, "other", init).unwrap();
+        let tb = b.var_builder(DType::F32, &Device::Cpu).get_with_hints((4, 3), "w", init).unwrap();
         assert_eq!(ta.to_vec2::<f32>().unwrap(), tb.to_vec2::<f32>().unwrap());
         let c = ParamStore::new(8);
-        let tc = c
-            .var_builder(DType::F32, &Device::Cpu)
-            .get_with_hints((4, 3), "w", init)
-            .unwrap();
+        let tc = c.var_builder(DType::F32, &Device::Cpu).get_with_hints((4, 3), "w", init).unwrap();
         assert_ne!(ta.to_vec2::<f32>().unwrap(), tc.to_vec2::<f32>().unwrap());
     }
 
     #[test]
     fn normal_draws_have_the_requested_moments() {
-        let v = draw(
-            &Shape::from(100_000),
-            &Init::Randn {
-                mean: 1.0,
-                stdev: 0.5,
-            },
-            3,
-        )
-        .unwrap();
+        let v = draw(&Shape::from(100_000), &Init::Randn { mean: 1.0, stdev: 0.5 }, 3).unwrap();
         let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!((mean - 1.0).abs() < 0.01, "mean {mean}");

@@ -43,8 +43,7 @@ pub mod prelude {
     pub use crate::kernels;
     pub use crate::nn::{self, LayerNorm, Linear};
     pub use crate::parts::{
-        Attention, BaselineParts, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe,
-        TokenEmbedding,
+        Attention, BaselineParts, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe, TokenEmbedding,
     };
     pub use crate::{export_plugin, knob_enum, knobs};
     pub use candle_core::{DType, Device, Module, Result, Tensor, D};

@@ -39,11 +39,7 @@ impl Dense for Linear {
     }
 
     fn prod(&self) -> Result<Named> {
-        Ok(weight_and_bias(
-            &self.name,
-            &self.weight,
-            self.bias.as_ref(),
-        ))
+        Ok(weight_and_bias(&self.name, &self.weight, self.bias.as_ref()))
     }
 }
 
@@ -57,31 +53,10 @@ pub fn weight_and_bias(name: &str, weight: &Tensor, bias: Option<&Tensor>) -> Na
 }
 
 /// A [`Linear`] with `W` drawn from N(0, std) and `b` zero.
-pub fn linear(
-    in_dim: usize,
-    out_dim: usize,
-    std: f64,
-    bias: bool,
-    vb: VarBuilder,
-) -> Result<Linear> {
-    let weight = vb.get_with_hints(
-        (out_dim, in_dim),
-        "weight",
-        Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
-    )?;
-    let bias = if bias {
-        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
-    } else {
-        None
-    };
-    Ok(Linear {
-        weight,
-        bias,
-        name: vb.prefix(),
-    })
+pub fn linear(in_dim: usize, out_dim: usize, std: f64, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+    let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+    Ok(Linear { weight, bias, name: vb.prefix() })
 }
 
 /// A lookup table `(n, C)`: row `i` is the vector of id `i`.
@@ -96,9 +71,7 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         dims.push(self.table.dim(1)?);
-        self.table
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape(dims)
+        self.table.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
     }
 }
 
@@ -114,18 +87,8 @@ impl TokenEmbedding for Embedding {
 
 /// An [`Embedding`] `(n, dim)` drawn from N(0, std); `std = 0` initialises it to zero.
 pub fn embedding(n: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<Embedding> {
-    let init = if std == 0.0 {
-        Init::Const(0.0)
-    } else {
-        Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        }
-    };
-    Ok(Embedding {
-        table: vb.get_with_hints((n, dim), "weight", init)?,
-        name: vb.prefix(),
-    })
+    let init = if std == 0.0 { Init::Const(0.0) } else { Init::Randn { mean: 0.0, stdev: std } };
+    Ok(Embedding { table: vb.get_with_hints((n, dim), "weight", init)?, name: vb.prefix() })
 }
 
 /// LayerNorm over the last dimension, written with plain tensor ops.
@@ -144,17 +107,8 @@ impl LayerNorm {
     /// Gain 1, bias 0 (or no bias), eps 1e-5 as in GPT-2.
     pub fn new(dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
-        let bias = if bias {
-            Some(vb.get_with_hints(dim, "bias", Init::Const(0.0))?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight,
-            bias,
-            eps: 1e-5,
-            name: vb.prefix(),
-        })
+        let bias = if bias { Some(vb.get_with_hints(dim, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias, eps: 1e-5, name: vb.prefix() })
     }
 
     /// `<path>.weight` and `<path>.bias`, as the baseline names them.
@@ -188,9 +142,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
 /// (B, T, C) → (B, H, T, D), contiguous.
 pub fn split_heads(x: &Tensor, n_head: usize) -> Result<Tensor> {
     let (b, t, c) = x.dims3()?;
-    x.reshape((b, t, n_head, c / n_head))?
-        .transpose(1, 2)?
-        .contiguous()
+    x.reshape((b, t, n_head, c / n_head))?.transpose(1, 2)?.contiguous()
 }
 
 /// (B, H, T, D) → (B, T, C).
@@ -220,11 +172,10 @@ mod tests {
         for (a, b) in row.iter().zip(expect) {
             assert!((a - b).abs() < 1e-5, "{row:?}");
         }
-        let loss = (y * Tensor::new(&[[1f32, 2., 3., 4.], [1., 0., 0., 1.]], &Device::Cpu)
-            .unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap();
+        let loss = (y * Tensor::new(&[[1f32, 2., 3., 4.], [1., 0., 0., 1.]], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         for p in store.params() {
             let g = grads.get(p.var.as_tensor()).expect(&p.name);
@@ -237,10 +188,7 @@ mod tests {
     fn attention_is_causal() {
         // Changing a later token must not change earlier outputs.
         let dev = Device::Cpu;
-        let q = Tensor::arange(0f32, 24., &dev)
-            .unwrap()
-            .reshape((1, 1, 6, 4))
-            .unwrap();
+        let q = Tensor::arange(0f32, 24., &dev).unwrap().reshape((1, 1, 6, 4)).unwrap();
         let q = (q / 10.0).unwrap();
         let v1 = Tensor::ones((1, 1, 6, 4), DType::F32, &dev).unwrap();
         let y1 = causal_attention(&q, &q, &q, 0.5).unwrap();
@@ -248,20 +196,8 @@ mod tests {
         later[20..].fill(9.0); // the last of the 6 positions
         let q2 = Tensor::from_vec(later, (1, 1, 6, 4), &dev).unwrap();
         let y2 = causal_attention(&q2, &q2, &q2, 0.5).unwrap();
-        let a = y1
-            .narrow(2, 0, 5)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = y2
-            .narrow(2, 0, 5)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let a = y1.narrow(2, 0, 5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = y2.narrow(2, 0, 5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b);
         // Attention weights sum to one: attending over all-ones values gives ones.
         let y = causal_attention(&q, &q, &v1, 0.5).unwrap();

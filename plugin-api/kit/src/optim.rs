@@ -43,11 +43,7 @@ crate::knobs! {
 impl OptimConfig {
     /// Whether weight decay applies to a parameter of this name.
     pub fn decays(&self, name: &str) -> bool {
-        !self
-            .no_decay
-            .split(',')
-            .map(str::trim)
-            .any(|frag| !frag.is_empty() && name.contains(frag))
+        !self.no_decay.split(',').map(str::trim).any(|frag| !frag.is_empty() && name.contains(frag))
     }
 
     fn slots(&self) -> &'static [&'static str] {
@@ -73,10 +69,8 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(config: &OptimConfig, params: Vec<Param>) -> Result<Self> {
         let slots = config.slots().len();
-        let state = params
-            .iter()
-            .map(|p| (0..slots).map(|_| p.var.zeros_like()).collect())
-            .collect::<Result<_>>()?;
+        let state =
+            params.iter().map(|p| (0..slots).map(|_| p.var.zeros_like()).collect()).collect::<Result<_>>()?;
         Ok(Self {
             decay: params.iter().map(|p| config.decays(&p.name)).collect(),
             config: config.clone(),
@@ -155,9 +149,7 @@ impl Optimizer {
             .iter()
             .zip(&self.state)
             .flat_map(|(p, s)| {
-                s.iter()
-                    .zip(slots)
-                    .map(move |(t, slot)| (format!("optim.{}.{slot}", p.name), t.clone()))
+                s.iter().zip(slots).map(move |(t, slot)| (format!("optim.{}.{slot}", p.name), t.clone()))
             })
             .collect()
     }
@@ -199,9 +191,7 @@ mod fused {
     const CHUNK: usize = 1 << 14;
 
     pub fn applies(tensors: &[&Tensor]) -> bool {
-        tensors
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+        tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -215,20 +205,8 @@ mod fused {
         wd: f64,
         t: i32,
     ) -> Result<()> {
-        m.inplace_op2(
-            g,
-            &Moment {
-                decay: c.beta1 as f32,
-                square: false,
-            },
-        )?;
-        v.inplace_op2(
-            g,
-            &Moment {
-                decay: c.beta2 as f32,
-                square: true,
-            },
-        )?;
+        m.inplace_op2(g, &Moment { decay: c.beta1 as f32, square: false })?;
+        v.inplace_op2(g, &Moment { decay: c.beta2 as f32, square: true })?;
         theta.inplace_op3(
             m,
             v,
@@ -242,16 +220,14 @@ mod fused {
     }
 
     fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
+        let (a, b) =
+            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
         Ok(&s.as_slice::<f32>()?[a..b])
     }
 
     fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
+        let (a, b) =
+            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
         match s {
             CpuStorage::F32(v) => Ok(&mut v[a..b]),
             _ => candle_core::bail!("adamw: expected f32"),
@@ -269,22 +245,14 @@ mod fused {
             "adamw-moment"
         }
 
-        fn cpu_fwd(
-            &self,
-            s1: &mut CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> Result<()> {
+        fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
             let (s, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
             let (a, b) = (self.decay, 1.0 - self.decay);
-            s.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|(s, g)| {
-                    for (s, &g) in s.iter_mut().zip(g) {
-                        *s = a * *s + b * if self.square { g * g } else { g };
-                    }
-                });
+            s.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(s, g)| {
+                for (s, &g) in s.iter_mut().zip(g) {
+                    *s = a * *s + b * if self.square { g * g } else { g };
+                }
+            });
             Ok(())
         }
     }
@@ -312,15 +280,14 @@ mod fused {
             l3: &Layout,
         ) -> Result<()> {
             let (theta, m, v) = (slice_mut(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-            theta
-                .par_chunks_mut(CHUNK)
-                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-                .for_each(|(theta, (m, v))| {
+            theta.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(
+                |(theta, (m, v))| {
                     for ((p, &m), &v) in theta.iter_mut().zip(m).zip(v) {
-                        *p = self.keep * *p
-                            - self.step_size * m / (v.sqrt() * self.inv_sqrt_bias2 + self.eps);
+                        *p =
+                            self.keep * *p - self.step_size * m / (v.sqrt() * self.inv_sqrt_bias2 + self.eps);
                     }
-                });
+                },
+            );
             Ok(())
         }
     }
@@ -337,19 +304,12 @@ fn with_l2(g: &Tensor, theta: &Tensor, wd: f64) -> Result<Tensor> {
 /// Global L2 norm of the gradients, before clipping; scales them down to `max_norm` when it is
 /// exceeded (`max_norm` 0: no clipping), as `torch.nn.utils.clip_grad_norm_`.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let squares = grads
-        .iter()
-        .flatten()
-        .map(|g| g.sqr()?.sum_all())
-        .collect::<Result<Vec<_>>>()?;
+    let squares = grads.iter().flatten().map(|g| g.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
     if squares.is_empty() {
         return Ok(0.0);
     }
-    let norm = Tensor::stack(&squares, 0)?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?
-        .sqrt();
+    let norm =
+        Tensor::stack(&squares, 0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let factor = max_norm / (norm + 1e-6);
         for g in grads.iter_mut().flatten() {
@@ -382,21 +342,13 @@ mod tests {
         let vb = store.var_builder(DType::F32, &Device::Cpu);
         vb.get_with_hints(3, name, Init::Const(0.0)).unwrap();
         let p = store.params();
-        p[0].var
-            .set(&Tensor::new(&THETA0.map(|x| x as f32), &Device::Cpu).unwrap())
-            .unwrap();
+        p[0].var.set(&Tensor::new(&THETA0.map(|x| x as f32), &Device::Cpu).unwrap()).unwrap();
         let mut opt = Optimizer::new(config, p.clone()).unwrap();
         for g in GRADS {
             let g = Tensor::new(&g.map(|x| x as f32), &Device::Cpu).unwrap();
             opt.step_with(&[Some(g)], lr, allow_fused).unwrap();
         }
-        p[0].var
-            .as_tensor()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect()
+        p[0].var.as_tensor().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
     }
 
     fn close(a: &[f64], b: &[f64]) {
@@ -490,16 +442,9 @@ mod tests {
     fn state_round_trips() {
         let cfg = OptimConfig::default();
         let store = ParamStore::new(0);
-        store
-            .var_builder(DType::F32, &Device::Cpu)
-            .get_with_hints(3, "w", Init::Const(1.0))
-            .unwrap();
+        store.var_builder(DType::F32, &Device::Cpu).get_with_hints(3, "w", Init::Const(1.0)).unwrap();
         let mut a = Optimizer::new(&cfg, store.params()).unwrap();
-        a.step(
-            &[Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap())],
-            0.1,
-        )
-        .unwrap();
+        a.step(&[Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap())], 0.1).unwrap();
         let saved: HashMap<_, _> = a.state().into_iter().collect();
         assert_eq!(saved.len(), 2);
         let mut b = Optimizer::new(&cfg, store.params()).unwrap();
@@ -507,15 +452,8 @@ mod tests {
         assert_eq!(b.steps(), 1);
         let m = b.state()[0].1.to_vec1::<f32>().unwrap();
         assert!((m[1] - 0.2).abs() < 1e-6);
-        let adagrad = OptimConfig {
-            optimizer: OptimizerKind::Adagrad,
-            ..OptimConfig::default()
-        };
+        let adagrad = OptimConfig { optimizer: OptimizerKind::Adagrad, ..OptimConfig::default() };
         let mut c = Optimizer::new(&adagrad, store.params()).unwrap();
-        assert!(c
-            .load_state(&saved, 1)
-            .unwrap_err()
-            .to_string()
-            .contains("optim.w.sum"));
+        assert!(c.load_state(&saved, 1).unwrap_err().to_string().contains("optim.w.sum"));
     }
 }

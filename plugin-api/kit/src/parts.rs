@@ -25,9 +25,7 @@ pub struct DenseSpec {
 pub type Named = Vec<(String, Tensor)>;
 
 fn not_sacrificial<T>() -> Result<T> {
-    candle_core::bail!(
-        "this part has no form in the baseline's layout (the experiment is not sacrificial)"
-    )
+    candle_core::bail!("this part has no form in the baseline's layout (the experiment is not sacrificial)")
 }
 
 /// A dense layer `(…, in) → (…, out)`.
@@ -102,32 +100,16 @@ pub struct KvCache {
 pub trait Recipe {
     /// Every dense layer: attention `c_attn`/`c_proj`, MLP `c_fc`/`c_proj`, and `lm_head`.
     fn dense(&self, spec: DenseSpec, vb: VarBuilder) -> Result<Box<dyn Dense>> {
-        Ok(Box::new(nn::linear(
-            spec.in_dim,
-            spec.out_dim,
-            spec.std,
-            spec.bias,
-            vb,
-        )?))
+        Ok(Box::new(nn::linear(spec.in_dim, spec.out_dim, spec.std, spec.bias, vb)?))
     }
 
     /// The attention of block `layer`.
-    fn attention(
-        &self,
-        _layer: usize,
-        spec: &ModelSpec,
-        vb: VarBuilder,
-    ) -> Result<Box<dyn Attention>> {
+    fn attention(&self, _layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Attention>> {
         Ok(Box::new(CausalSelfAttention::new(self, spec, vb)?))
     }
 
     fn token_embedding(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn TokenEmbedding>> {
-        Ok(Box::new(nn::embedding(
-            spec.vocab_size,
-            spec.gpt.n_embd,
-            spec.gpt.init_std,
-            vb,
-        )?))
+        Ok(Box::new(nn::embedding(spec.vocab_size, spec.gpt.n_embd, spec.gpt.init_std, vb)?))
     }
 }
 

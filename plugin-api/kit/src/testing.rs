@@ -25,12 +25,8 @@ pub const CONTEXT: usize = 16;
 fn small(config: &str) -> String {
     let mut map: Map<String, Value> =
         serde_json::from_str(r#"{"n_layer": 2, "n_embd": 32, "n_head": 4}"#).unwrap();
-    let own: Map<String, Value> = serde_json::from_str(if config.trim().is_empty() {
-        "{}"
-    } else {
-        config
-    })
-    .expect("config is a JSON object");
+    let own: Map<String, Value> = serde_json::from_str(if config.trim().is_empty() { "{}" } else { config })
+        .expect("config is a JSON object");
     map.extend(own);
     Value::Object(map).to_string()
 }
@@ -43,15 +39,12 @@ pub fn trainer<E: Experiment>(config: &str, seed: u64) -> Trainer<E> {
 
 /// A batch of `rows` windows of CONTEXT + 1 ids with some structure to learn.
 pub fn batch(rows: usize, salt: u32) -> Vec<u32> {
-    (0..(rows * (CONTEXT + 1)) as u32)
-        .map(|i| (i * 7 + salt + (i / 5) * 3) % VOCAB as u32)
-        .collect()
+    (0..(rows * (CONTEXT + 1)) as u32).map(|i| (i * 7 + salt + (i / 5) * 3) % VOCAB as u32).collect()
 }
 
 fn step<E: Experiment>(t: &mut Trainer<E>, ids: &[u32], lr: f64) {
     let rows = ids.len() / (CONTEXT + 1);
-    t.forward_backward(ids, rows, CONTEXT + 1, 1.0 / (rows * CONTEXT) as f64)
-        .unwrap();
+    t.forward_backward(ids, rows, CONTEXT + 1, 1.0 / (rows * CONTEXT) as f64).unwrap();
     t.optimizer_step(lr).unwrap();
 }
 
@@ -61,8 +54,7 @@ pub fn every_parameter_gets_a_gradient<E: Experiment>(config: &str) {
     let mut t = trainer::<E>(config, 0);
     step(&mut t, &batch(2, 0), 1e-2);
     let ids = batch(2, 3);
-    t.forward_backward(&ids, 2, CONTEXT + 1, 1.0 / (2 * CONTEXT) as f64)
-        .unwrap();
+    t.forward_backward(&ids, 2, CONTEXT + 1, 1.0 / (2 * CONTEXT) as f64).unwrap();
     for (name, g) in t.gradients() {
         let g = g.unwrap_or_else(|| panic!("{}: `{name}` gets no gradient", E::NAME));
         let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
@@ -79,16 +71,8 @@ pub fn training_lowers_the_loss<E: Experiment>(config: &str) {
         step(&mut t, &ids, 3e-3);
     }
     let last = t.evaluate(&ids, 4, CONTEXT + 1).unwrap();
-    assert!(
-        first.loss_sum.is_finite() && last.loss_sum.is_finite(),
-        "{}: {first:?} → {last:?}",
-        E::NAME
-    );
-    assert!(
-        last.loss_sum < 0.5 * first.loss_sum,
-        "{}: {first:?} → {last:?}",
-        E::NAME
-    );
+    assert!(first.loss_sum.is_finite() && last.loss_sum.is_finite(), "{}: {first:?} → {last:?}", E::NAME);
+    assert!(last.loss_sum < 0.5 * first.loss_sum, "{}: {first:?} → {last:?}", E::NAME);
 }
 
 /// The prod weights, loaded into the plain baseline, give the trained experiment's logits, and
@@ -99,24 +83,13 @@ pub fn prod_weights_reproduce_the_experiment<E: Experiment>(config: &str) {
         step(&mut t, &batch(2, salt), 1e-2);
     }
     let mut baseline = trainer::<Baseline>(&model_keys_only(config), 9);
-    baseline
-        .load_weights(&t.export_prod().unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", E::NAME));
+    baseline.load_weights(&t.export_prod().unwrap()).unwrap_or_else(|e| panic!("{}: {e}", E::NAME));
     let ids: Vec<u32> = batch(3, 5).into_iter().take(3 * CONTEXT).collect();
     let ours = t.logits(&ids, 3, CONTEXT).unwrap();
     let theirs = baseline.logits(&ids, 3, CONTEXT).unwrap();
-    let worst = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "{}: prod logits differ by {worst}", E::NAME);
-    assert_eq!(
-        t.param_counts().unwrap().prod,
-        baseline.params.count(),
-        "{}: prod parameter count",
-        E::NAME
-    );
+    assert_eq!(t.param_counts().unwrap().prod, baseline.params.count(), "{}: prod parameter count", E::NAME);
 }
 
 /// Generation through the KV cache gives the same tokens as recomputing the window each time,
@@ -125,29 +98,14 @@ pub fn cache_matches_recompute<E: Experiment>(config: &str) {
     let mut t = trainer::<E>(config, 3);
     step(&mut t, &batch(2, 0), 1e-2);
     for temperature in [0.0, 0.8] {
-        let s = Sampling {
-            max_tokens: 2 * CONTEXT,
-            temperature,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 5,
-            stop: None,
-        };
+        let s = Sampling { max_tokens: 2 * CONTEXT, temperature, top_k: 0, top_p: 1.0, seed: 5, stop: None };
         let cached = generate(&t.model, &[1, 2, 3], &s, CONTEXT, &Device::Cpu, true).unwrap();
         let recomputed = generate(&t.model, &[1, 2, 3], &s, CONTEXT, &Device::Cpu, false).unwrap();
-        assert_eq!(
-            cached,
-            recomputed,
-            "{} at temperature {temperature}",
-            E::NAME
-        );
+        assert_eq!(cached, recomputed, "{} at temperature {temperature}", E::NAME);
     }
     let ids = Tensor::from_slice(&[1u32, 2, 3], (1, 3), &Device::Cpu).unwrap();
     assert!(
-        t.model
-            .forward_cached(&ids, &mut Default::default())
-            .unwrap()
-            .is_some(),
+        t.model.forward_cached(&ids, &mut Default::default()).unwrap().is_some(),
         "{} has a KV cache",
         E::NAME
     );
@@ -156,14 +114,7 @@ pub fn cache_matches_recompute<E: Experiment>(config: &str) {
 /// The model-size keys of a plugin config, for the baseline that receives its prod weights.
 fn model_keys_only(config: &str) -> String {
     let map: Map<String, Value> = serde_json::from_str(&small(config)).unwrap();
-    let keep: HashMap<&str, ()> = ["n_layer", "n_embd", "n_head", "init_std"]
-        .map(|k| (k, ()))
-        .into_iter()
-        .collect();
-    Value::Object(
-        map.into_iter()
-            .filter(|(k, _)| keep.contains_key(k.as_str()))
-            .collect(),
-    )
-    .to_string()
+    let keep: HashMap<&str, ()> =
+        ["n_layer", "n_embd", "n_head", "init_std"].map(|k| (k, ())).into_iter().collect();
+    Value::Object(map.into_iter().filter(|(k, _)| keep.contains_key(k.as_str())).collect()).to_string()
 }

@@ -39,13 +39,7 @@ pub struct RunSpec {
 impl RunSpec {
     /// A CPU/f32 spec, for tests and tools.
     pub fn cpu(seed: u64, vocab_size: usize, context_length: usize) -> Self {
-        Self {
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            seed,
-            vocab_size,
-            context_length,
-        }
+        Self { device: "cpu".into(), dtype: "f32".into(), seed, vocab_size, context_length }
     }
 }
 
@@ -66,13 +60,8 @@ pub fn parse_device(name: &str) -> Result<Device> {
     if name == "cpu" {
         return Ok(Device::Cpu);
     }
-    let Some(ordinal) = name
-        .strip_prefix("cuda:")
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
-        return Err(KitError::Config(format!(
-            "unknown device `{name}`: use cpu or cuda:N"
-        )));
+    let Some(ordinal) = name.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) else {
+        return Err(KitError::Config(format!("unknown device `{name}`: use cpu or cuda:N")));
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(KitError::Config(format!(
@@ -81,10 +70,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
         )));
     }
     Device::new_cuda(ordinal).map_err(|e| {
-        KitError::Config(format!(
-            "device {name} is not available: {}",
-            first_line(&e.to_string())
-        ))
+        KitError::Config(format!("device {name} is not available: {}", first_line(&e.to_string())))
     })
 }
 
@@ -97,9 +83,7 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
     match name {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
-        _ => Err(KitError::Config(format!(
-            "unknown dtype `{name}`: use f32 or bf16"
-        ))),
+        _ => Err(KitError::Config(format!("unknown dtype `{name}`: use f32 or bf16"))),
     }
 }
 
@@ -120,9 +104,8 @@ pub struct ResolvedConfig<E: Experiment> {
 
 impl<E: Experiment> ResolvedConfig<E> {
     pub fn parse(json: &str) -> Result<Self> {
-        let map: Map<String, Value> =
-            serde_json::from_str(if json.trim().is_empty() { "{}" } else { json })
-                .map_err(|e| KitError::Config(format!("config is not a JSON object: {e}")))?;
+        let map: Map<String, Value> = serde_json::from_str(if json.trim().is_empty() { "{}" } else { json })
+            .map_err(|e| KitError::Config(format!("config is not a JSON object: {e}")))?;
         reject_unknown_keys(&map, &config_fields::<E>()).map_err(KitError::Config)?;
         let gpt = GptConfig::from_map(&map).map_err(KitError::Config)?;
         gpt.check().map_err(|e| KitError::Config(e.to_string()))?;
@@ -179,12 +162,7 @@ impl<E: Experiment> Trainer<E> {
     }
 
     /// (rows, T + 1) ids → inputs (rows, T) and flattened targets (rows · T).
-    fn inputs_and_targets(
-        &self,
-        ids: &[u32],
-        rows: usize,
-        cols: usize,
-    ) -> Result<(Tensor, Tensor)> {
+    fn inputs_and_targets(&self, ids: &[u32], rows: usize, cols: usize) -> Result<(Tensor, Tensor)> {
         if cols < 2 || ids.len() != rows * cols {
             return Err(KitError::Config(format!(
                 "token batch of {} ids does not hold {rows} rows of {cols} (T + 1) ids",
@@ -246,32 +224,17 @@ impl<E: Experiment> Trainer<E> {
 
     /// The accumulated gradients by parameter name (for tests and diagnostics).
     pub fn gradients(&self) -> Vec<(String, Option<Tensor>)> {
-        self.params
-            .params()
-            .into_iter()
-            .zip(&self.grads)
-            .map(|(p, g)| (p.name, g.clone()))
-            .collect()
+        self.params.params().into_iter().zip(&self.grads).map(|(p, g)| (p.name, g.clone())).collect()
     }
 
     /// Weights (`param.<name>`) and optimiser state (`optim.<name>.<slot>`) as safetensors.
     pub fn save_state(&self, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-        let mut tensors: Vec<(String, Tensor)> = self
-            .params
-            .tensors()
-            .into_iter()
-            .map(|(n, t)| (format!("param.{n}"), t))
-            .collect();
+        let mut tensors: Vec<(String, Tensor)> =
+            self.params.tensors().into_iter().map(|(n, t)| (format!("param.{n}"), t)).collect();
         tensors.extend(self.optimizer.state());
         let mut metadata = metadata;
-        metadata.insert(
-            "lmhost.optimizer_steps".into(),
-            self.optimizer.steps().to_string(),
-        );
-        metadata.insert(
-            "lmhost.optimizer".into(),
-            self.optim_config.optimizer.to_string(),
-        );
+        metadata.insert("lmhost.optimizer_steps".into(), self.optimizer.steps().to_string());
+        metadata.insert("lmhost.optimizer".into(), self.optim_config.optimizer.to_string());
         serialize(tensors, metadata)
     }
 
@@ -288,12 +251,8 @@ impl<E: Experiment> Trainer<E> {
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_owned(), v.clone())))
             .collect();
-        self.params
-            .load(&params)
-            .map_err(|e| KitError::State(e.to_string()))?;
-        self.optimizer
-            .load_state(&tensors, steps)
-            .map_err(|e| KitError::State(e.to_string()))?;
+        self.params.load(&params).map_err(|e| KitError::State(e.to_string()))?;
+        self.optimizer.load_state(&tensors, steps).map_err(|e| KitError::State(e.to_string()))?;
         self.grads.iter_mut().for_each(|g| *g = None);
         Ok(())
     }
@@ -301,26 +260,14 @@ impl<E: Experiment> Trainer<E> {
     /// Logits for ids (rows, cols), every position: (rows · cols · V) values, row-major.
     pub fn logits(&self, ids: &[u32], rows: usize, cols: usize) -> Result<Vec<f32>> {
         if ids.len() != rows * cols {
-            return Err(KitError::Config(format!(
-                "{} ids do not make {rows} rows of {cols}",
-                ids.len()
-            )));
+            return Err(KitError::Config(format!("{} ids do not make {rows} rows of {cols}", ids.len())));
         }
         let ids = Tensor::from_slice(ids, (rows, cols), &self.device)?;
-        Ok(self
-            .model
-            .forward(&ids)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        Ok(self.model.forward(&ids)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Continues `prompt`; the new tokens.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        sampling: &crate::generate::Sampling,
-    ) -> Result<Vec<u32>> {
+    pub fn generate(&self, prompt: &[u32], sampling: &crate::generate::Sampling) -> Result<Vec<u32>> {
         Ok(crate::generate::generate(
             &self.model,
             prompt,
@@ -335,10 +282,7 @@ impl<E: Experiment> Trainer<E> {
     /// (an export, prod weights into the baseline): every parameter present, nothing extra.
     pub fn load_weights(&mut self, bytes: &[u8]) -> Result<()> {
         let tensors = candle_core::safetensors::load_buffer(bytes, &self.device).map_err(|e| {
-            KitError::State(format!(
-                "not a safetensors weight file: {}",
-                first_line(&e.to_string())
-            ))
+            KitError::State(format!("not a safetensors weight file: {}", first_line(&e.to_string())))
         })?;
         let names: std::collections::HashSet<String> =
             self.params.params().into_iter().map(|p| p.name).collect();
@@ -347,9 +291,7 @@ impl<E: Experiment> Trainer<E> {
                 "the weights hold `{extra}`, which this model does not have"
             )));
         }
-        self.params
-            .load(&tensors)
-            .map_err(|e| KitError::State(e.to_string()))?;
+        self.params.load(&tensors).map_err(|e| KitError::State(e.to_string()))?;
         self.grads.iter_mut().for_each(|g| *g = None);
         Ok(())
     }
@@ -368,10 +310,8 @@ impl<E: Experiment> Trainer<E> {
 }
 
 fn serialize(tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-    let tensors = tensors
-        .into_iter()
-        .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let tensors =
+        tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<Result<Vec<_>>>()?;
     safetensors::tensor::serialize(tensors, Some(metadata))
         .map_err(|e| KitError::State(format!("cannot write safetensors: {e}")))
 }
@@ -384,9 +324,7 @@ mod tests {
     const CONFIG: &str = r#"{"n_layer": 2, "n_embd": 32, "n_head": 2}"#;
 
     fn batch(rows: usize, cols: usize, salt: u32) -> Vec<u32> {
-        (0..(rows * cols) as u32)
-            .map(|i| (i * 7 + salt) % 64)
-            .collect()
+        (0..(rows * cols) as u32).map(|i| (i * 7 + salt) % 64).collect()
     }
 
     fn trainer(seed: u64) -> Trainer<Baseline> {
@@ -398,11 +336,9 @@ mod tests {
         let mut t = trainer(0);
         // wpe starts at zero and the head's bias is zero; one step makes all of them move, so
         // look at the gradients of the second step.
-        t.forward_backward(&batch(2, 17, 0), 2, 17, 1.0 / 32.0)
-            .unwrap();
+        t.forward_backward(&batch(2, 17, 0), 2, 17, 1.0 / 32.0).unwrap();
         t.optimizer_step(1e-2).unwrap();
-        t.forward_backward(&batch(2, 17, 3), 2, 17, 1.0 / 32.0)
-            .unwrap();
+        t.forward_backward(&batch(2, 17, 3), 2, 17, 1.0 / 32.0).unwrap();
         let grads = t.gradients();
         assert_eq!(grads.len(), 6 + 2 * 12); // wte, wpe, ln_f, lm_head; 12 per block
         for (name, g) in grads {
@@ -417,10 +353,7 @@ mod tests {
         let mut t = trainer(1);
         let b = batch(4, 17, 1);
         let first = t.evaluate(&b, 4, 17).unwrap();
-        assert!(
-            (first.loss_sum / first.tokens as f64 - (64f64).ln()).abs() < 0.1,
-            "{first:?}"
-        );
+        assert!((first.loss_sum / first.tokens as f64 - (64f64).ln()).abs() < 0.1, "{first:?}");
         for _ in 0..30 {
             t.forward_backward(&b, 4, 17, 1.0 / 64.0).unwrap();
             t.optimizer_step(3e-3).unwrap();
@@ -452,19 +385,14 @@ mod tests {
         let mut a = trainer(3);
         a.forward_backward(&b, 2, 17, 1.0 / 32.0).unwrap();
         a.optimizer_step(1e-3).unwrap();
-        let state = a
-            .save_state(HashMap::from([("note".into(), "x".into())]))
-            .unwrap();
+        let state = a.save_state(HashMap::from([("note".into(), "x".into())])).unwrap();
         let mut c = trainer(4); // another seed: every weight must come from the file
         c.load_state(&state).unwrap();
         for t in [&mut a, &mut c] {
             t.forward_backward(&b, 2, 17, 1.0 / 32.0).unwrap();
             t.optimizer_step(1e-3).unwrap();
         }
-        assert_eq!(
-            a.evaluate(&b, 2, 17).unwrap(),
-            c.evaluate(&b, 2, 17).unwrap()
-        );
+        assert_eq!(a.evaluate(&b, 2, 17).unwrap(), c.evaluate(&b, 2, 17).unwrap());
         assert!(matches!(c.load_state(b"garbage"), Err(KitError::State(_))));
         assert!(matches!(
             Trainer::<Baseline>::new(&RunSpec::cpu(0, 64, 16), r#"{"n_embd": 30, "n_head": 4}"#),

@@ -58,12 +58,10 @@ impl Attention for ReversePositionAttention {
         let content = q.matmul(&k.t()?)?; // (B, H, Tq, Tk)
         let qp = q.broadcast_matmul(&self.p.unsqueeze(0)?)?; // (B, H, Tq, T_max)
                                                              // distance[i, j] = (offset + i) − j for the keys a query sees; masked keys point at 0.
-        let distance: Vec<u32> = (0..tq)
-            .flat_map(|i| (0..tk).map(move |j| (offset + i).saturating_sub(j) as u32))
-            .collect();
-        let distance = Tensor::from_vec(distance, (tq, tk), x.device())?
-            .broadcast_as((b, h, tq, tk))?
-            .contiguous()?;
+        let distance: Vec<u32> =
+            (0..tq).flat_map(|i| (0..tk).map(move |j| (offset + i).saturating_sub(j) as u32)).collect();
+        let distance =
+            Tensor::from_vec(distance, (tq, tk), x.device())?.broadcast_as((b, h, tq, tk))?.contiguous()?;
         let position = qp.gather(&distance, 3)?; // (B, H, Tq, Tk): q_i · P_h[:, i − j]
         let scores = match self.combine {
             Combine::Add => (content + position)?,
@@ -75,12 +73,7 @@ impl Attention for ReversePositionAttention {
 }
 
 impl Recipe for AposConfig {
-    fn attention(
-        &self,
-        layer: usize,
-        spec: &ModelSpec,
-        vb: VarBuilder,
-    ) -> Result<Box<dyn Attention>> {
+    fn attention(&self, layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Attention>> {
         let attn = CausalSelfAttention::new(self, spec, vb.clone())?;
         let with_position = match self.apos_blocks {
             Blocks::All => true,
@@ -90,19 +83,8 @@ impl Recipe for AposConfig {
             return Ok(Box::new(attn));
         }
         let shape = (spec.gpt.n_head, spec.head_size(), spec.context_length);
-        let p = vb.get_with_hints(
-            shape,
-            "position",
-            Init::Randn {
-                mean: 0.0,
-                stdev: 1.0,
-            },
-        )?;
-        Ok(Box::new(ReversePositionAttention {
-            attn,
-            p,
-            combine: self.apos_combine,
-        }))
+        let p = vb.get_with_hints(shape, "position", Init::Randn { mean: 0.0, stdev: 1.0 })?;
+        Ok(Box::new(ReversePositionAttention { attn, p, combine: self.apos_combine }))
     }
 }
 
@@ -111,10 +93,8 @@ pub struct ReversePosition(Gpt);
 impl Experiment for ReversePosition {
     type Config = AposConfig;
     const NAME: &'static str = "reverse_position_attention";
-    const SUMMARY: &'static str =
-        "A learned score for the distance back from each query (lmplay apos1).";
-    const DESCRIPTION: &'static str =
-        "lmplay's reverse-position attention: per block P ∈ R^{H×D×T_max}, \\
+    const SUMMARY: &'static str = "A learned score for the distance back from each query (lmplay apos1).";
+    const DESCRIPTION: &'static str = "lmplay's reverse-position attention: per block P ∈ R^{H×D×T_max}, \\
         s_ij = (q_i·k_j + q_i·P_h[:, i−j]) / √D (add) or (q_i·k_j)·(q_i·P_h[:, i−j]) / √D (mul), \\
         then the causal softmax. Q·P is computed once and its (i−j) diagonal gathered; generation \\
         with a KV cache keeps the position term. Kept in the prod model.";
@@ -171,17 +151,10 @@ mod tests {
         let q = Tensor::new(&[[[[1f32, 2.], [3., -1.], [0.5, 0.5]]]], &dev).unwrap(); // (1, 1, 3, 2)
         let p = Tensor::new(&[[[1f32, 10., 100.], [2., 20., 200.]]], &dev).unwrap(); // (1, 2, 3)
         let qp = q.broadcast_matmul(&p.unsqueeze(0).unwrap()).unwrap();
-        let distance: Vec<u32> = (0..3)
-            .flat_map(|i| (0..3).map(move |j| if j <= i { (i - j) as u32 } else { 0 }))
-            .collect();
+        let distance: Vec<u32> =
+            (0..3).flat_map(|i| (0..3).map(move |j| if j <= i { (i - j) as u32 } else { 0 })).collect();
         let idx = Tensor::from_vec(distance, (1, 1, 3, 3), &dev).unwrap();
-        let got = qp
-            .gather(&idx, 3)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let got = qp.gather(&idx, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let qv = [[1f32, 2.], [3., -1.], [0.5, 0.5]];
         let pv = [[1f32, 10., 100.], [2., 20., 200.]];
         for i in 0..3 {

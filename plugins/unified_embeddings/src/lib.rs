@@ -61,17 +61,12 @@ impl TokenEmbedding for UnifiedEmbedding {
         let mut distinct = flat.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        let slot: Vec<u32> = flat
-            .iter()
-            .map(|id| distinct.binary_search(id).unwrap_or(0) as u32)
-            .collect();
+        let slot: Vec<u32> = flat.iter().map(|id| distinct.binary_search(id).unwrap_or(0) as u32).collect();
         let device = ids.device();
         let embedded = self.embed(&Tensor::from_vec(distinct.clone(), distinct.len(), device)?)?; // (U, C)
         let mut dims = ids.dims().to_vec();
         dims.push(embedded.dim(1)?);
-        embedded
-            .index_select(&Tensor::from_vec(slot, flat.len(), device)?, 0)?
-            .reshape(dims)
+        embedded.index_select(&Tensor::from_vec(slot, flat.len(), device)?, 0)?.reshape(dims)
     }
 
     fn prod(&self) -> Result<Named> {
@@ -85,30 +80,17 @@ impl Recipe for UeConfig {
     fn token_embedding(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn TokenEmbedding>> {
         let c = spec.gpt.n_embd;
         let wide = self.ue_multiplier * c;
-        let middle = if self.ue_middle == 0 {
-            c
-        } else {
-            self.ue_middle
-        };
+        let middle = if self.ue_middle == 0 { c } else { self.ue_middle };
         // Our initialisation (lmplay's is not specified to us): T ~ N(0, 1), W1 keeps unit scale,
         // W2 brings e(t) to the baseline table's N(0, init_std).
         Ok(Box::new(UnifiedEmbedding {
             table: vb.get_with_hints(
                 (spec.vocab_size, wide),
                 "table",
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: 1.0,
-                },
+                Init::Randn { mean: 0.0, stdev: 1.0 },
             )?,
             w1: nn::linear(wide, middle, 1.0 / (wide as f64).sqrt(), true, vb.pp("w1"))?,
-            w2: nn::linear(
-                middle,
-                c,
-                spec.gpt.init_std / (middle as f64).sqrt(),
-                true,
-                vb.pp("w2"),
-            )?,
+            w2: nn::linear(middle, c, spec.gpt.init_std / (middle as f64).sqrt(), true, vb.pp("w2"))?,
             activation: self.ue_activation,
             name: vb.prefix(),
         }))
@@ -122,7 +104,8 @@ impl Experiment for UnifiedEmbeddings {
     const NAME: &'static str = "unified_embeddings";
     const SUMMARY: &'static str =
         "Token embeddings made by two linears from a table m times wider (lmplay ue1).";
-    const DESCRIPTION: &'static str = "lmplay's unified embeddings: e(t) = W2 · act(W1 · T[t] + b1) + b2 with \\
+    const DESCRIPTION: &'static str =
+        "lmplay's unified embeddings: e(t) = W2 · act(W1 · T[t] + b1) + b2 with \\
         T: V × m·C (m = 8 by default), W1: m·C → M, W2: M → C (M = C by default). Computed once per \\
         distinct id of a batch. Sacrificial: the prod model is the baseline with e(t) stored as its \\
         plain embedding table. lmplay reports a 6-layer UE-8x model about 0.5 nats below the \\
@@ -186,19 +169,8 @@ mod tests {
         let ue = &t.model.0.wte;
         let once = ue.forward(&ids).unwrap();
         let table = &ue.prod().unwrap()[0].1; // e(t) for every t
-        let every = table
-            .index_select(&ids.flatten_all().unwrap(), 0)
-            .unwrap()
-            .reshape((2, 4, 32))
-            .unwrap();
-        let diff = (once - every)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let every = table.index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((2, 4, 32)).unwrap();
+        let diff = (once - every).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");
     }
 }

@@ -71,9 +71,7 @@ struct ULinear {
 impl ULinear {
     /// W' and b'.
     fn effective(&self) -> Result<(Tensor, Tensor)> {
-        let mut w = self
-            .weight
-            .broadcast_mul(&self.row_scale.value()?.unsqueeze(1)?)?; // (out, in)
+        let mut w = self.weight.broadcast_mul(&self.row_scale.value()?.unsqueeze(1)?)?; // (out, in)
         if let Some((a, _)) = &self.offsets {
             w = w.broadcast_add(&a.value()?.unsqueeze(1)?)?;
         }
@@ -90,12 +88,7 @@ impl ULinear {
 impl Dense for ULinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (weight, bias) = self.effective()?;
-        Linear {
-            weight,
-            bias: Some(bias),
-            name: self.name.clone(),
-        }
-        .forward(x)
+        Linear { weight, bias: Some(bias), name: self.name.clone() }.forward(x)
     }
 
     fn prod(&self) -> Result<Named> {
@@ -127,20 +120,11 @@ impl PredictedBias {
 
 impl Dense for PredictedBias {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Linear {
-            weight: self.weight.clone(),
-            bias: Some(self.bias()?),
-            name: self.name.clone(),
-        }
-        .forward(x)
+        Linear { weight: self.weight.clone(), bias: Some(self.bias()?), name: self.name.clone() }.forward(x)
     }
 
     fn prod(&self) -> Result<Named> {
-        Ok(nn::weight_and_bias(
-            &self.name,
-            &self.weight,
-            Some(&self.bias()?),
-        ))
+        Ok(nn::weight_and_bias(&self.name, &self.weight, Some(&self.bias()?)))
     }
 }
 
@@ -155,10 +139,7 @@ impl Recipe for UwParts {
         let weight = vb.get_with_hints(
             (spec.out_dim, spec.in_dim),
             "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: spec.std,
-            },
+            Init::Randn { mean: 0.0, stdev: spec.std },
         )?;
         let name = vb.prefix();
         match (&self.net, name == "lm_head") {
@@ -167,28 +148,13 @@ impl Recipe for UwParts {
                 embedding: vb.get_with_hints(
                     net.ws.weight.dim(1)?,
                     "bias_e",
-                    Init::Randn {
-                        mean: 0.0,
-                        stdev: 1.0,
-                    },
+                    Init::Randn { mean: 0.0, stdev: 1.0 },
                 )?,
-                wb: nn::linear(
-                    net.ws.weight.dim(0)?,
-                    spec.out_dim,
-                    0.0,
-                    true,
-                    vb.pp("bias_w"),
-                )?,
+                wb: nn::linear(net.ws.weight.dim(0)?, spec.out_dim, 0.0, true, vb.pp("bias_w"))?,
                 net: net.clone(),
                 name,
             })),
-            (Some(_), true) => Ok(Box::new(nn::linear(
-                spec.in_dim,
-                spec.out_dim,
-                spec.std,
-                spec.bias,
-                vb,
-            )?)),
+            (Some(_), true) => Ok(Box::new(nn::linear(spec.in_dim, spec.out_dim, spec.std, spec.bias, vb)?)),
             (None, _) => {
                 let column_scale = match self.mode {
                     Mode::Uw1_1 | Mode::Uw1_2 => Some(Shifted::new(spec.in_dim, 1.0, "im", &vb)?),
@@ -222,7 +188,8 @@ impl Experiment for UnifiedWeights {
     const NAME: &'static str = "unified_weights";
     const SUMMARY: &'static str =
         "Learned scales and offsets around every dense weight (UW1), or shared-net biases (UW2).";
-    const DESCRIPTION: &'static str = "lmplay's unified weights. UW1: W'[o,i] = (W[o,i]·(m[o]+mb) + a[o]+ab) · \\
+    const DESCRIPTION: &'static str =
+        "lmplay's unified weights. UW1: W'[o,i] = (W[o,i]·(m[o]+mb) + a[o]+ab) · \\
         (im[i]+imb) + ia[i]+iab and b' = b + bb on every block linear and the head (uw1_0: m, mb, bb; \\
         uw1_1: + im, imb; uw1_2: + a, ab, ia, iab). UW2: every block linear's bias is \\
         Wb · GELU(Ws · e + bs) + bb with Ws, bs shared by all layers. Sacrificial: the prod model is \\
@@ -232,11 +199,9 @@ impl Experiment for UnifiedWeights {
 
     fn variants() -> Vec<Variant> {
         vec![
-            Variant::new("uw1_0", "row scales m + mb and a bias offset bb")
-                .set("uw_mode", Mode::Uw1_0),
+            Variant::new("uw1_0", "row scales m + mb and a bias offset bb").set("uw_mode", Mode::Uw1_0),
             Variant::new("uw1_1", "and column scales im + imb").set("uw_mode", Mode::Uw1_1),
-            Variant::new("uw1_2", "and row and column offsets a + ab, ia + iab")
-                .set("uw_mode", Mode::Uw1_2),
+            Variant::new("uw1_2", "and row and column offsets a + ab, ia + iab").set("uw_mode", Mode::Uw1_2),
             Variant::new("uw2_0", "biases predicted by a net shared across layers")
                 .set("uw_mode", Mode::Uw2_0),
         ]
@@ -251,14 +216,7 @@ impl Experiment for UnifiedWeights {
             })),
             _ => None,
         };
-        Ok(Self(Gpt::new(
-            &UwParts {
-                mode: config.uw_mode,
-                net,
-            },
-            spec,
-            vb,
-        )?))
+        Ok(Self(Gpt::new(&UwParts { mode: config.uw_mode, net }, spec, vb)?))
     }
 
     fn gpt(&self) -> Option<&Gpt> {
@@ -294,22 +252,12 @@ mod tests {
     fn every_variant_starts_as_the_baseline() {
         // m, im = 1 and every offset 0 (UW1), Wb = 0 and bb = 0 (UW2): the same function as the
         // baseline with the same seed, whose weights have the same names and values.
-        let ids: Vec<u32> = testing::batch(2, 0)
-            .into_iter()
-            .take(2 * testing::CONTEXT)
-            .collect();
-        let baseline = testing::trainer::<Baseline>("", 4)
-            .logits(&ids, 2, testing::CONTEXT)
-            .unwrap();
+        let ids: Vec<u32> = testing::batch(2, 0).into_iter().take(2 * testing::CONTEXT).collect();
+        let baseline = testing::trainer::<Baseline>("", 4).logits(&ids, 2, testing::CONTEXT).unwrap();
         for config in VARIANTS {
-            let ours = testing::trainer::<UnifiedWeights>(config, 4)
-                .logits(&ids, 2, testing::CONTEXT)
-                .unwrap();
-            let worst = ours
-                .iter()
-                .zip(&baseline)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let ours =
+                testing::trainer::<UnifiedWeights>(config, 4).logits(&ids, 2, testing::CONTEXT).unwrap();
+            let worst = ours.iter().zip(&baseline).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-6, "{config}: {worst}");
         }
     }
@@ -317,14 +265,7 @@ mod tests {
     #[test]
     fn uw1_2_folds_exactly_what_the_formula_says() {
         let t = testing::trainer::<UnifiedWeights>(VARIANTS[2], 5);
-        let p = |n: &str| {
-            t.params
-                .tensors()
-                .into_iter()
-                .find(|(k, _)| k == n)
-                .unwrap()
-                .1
-        };
+        let p = |n: &str| t.params.tensors().into_iter().find(|(k, _)| k == n).unwrap().1;
         // Move every extra parameter off its start so each term shows.
         let name = "transformer.h.0.mlp.c_fc";
         let store = &t.params;
@@ -342,10 +283,7 @@ mod tests {
                     "bb" => 0.5,
                     _ => continue,
                 };
-                param
-                    .var
-                    .set(&param.var.ones_like().unwrap().affine(v, 0.0).unwrap())
-                    .unwrap();
+                param.var.set(&param.var.ones_like().unwrap().affine(v, 0.0).unwrap()).unwrap();
             }
         }
         let prod = t.export_prod().unwrap();
@@ -357,11 +295,7 @@ mod tests {
         for (o, row) in w.iter().enumerate() {
             for (i, &x) in row.iter().enumerate() {
                 let expect = (x * (1.5 + 0.25) + 0.1 - 0.2) * (0.8 + 0.05) + 0.3 + 0.01;
-                assert!(
-                    (w2[o][i] - expect).abs() < 1e-5,
-                    "W'[{o},{i}] = {} vs {expect}",
-                    w2[o][i]
-                );
+                assert!((w2[o][i] - expect).abs() < 1e-5, "W'[{o},{i}] = {} vs {expect}", w2[o][i]);
             }
             assert!((b2[o] - (b[o] + 0.5)).abs() < 1e-6);
         }

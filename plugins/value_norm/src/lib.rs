@@ -56,21 +56,13 @@ impl Attention for ValueNormAttention {
 
 /// The one part value norm replaces: the attention.
 impl Recipe for ValueNormConfig {
-    fn attention(
-        &self,
-        layer: usize,
-        spec: &ModelSpec,
-        vb: VarBuilder,
-    ) -> Result<Box<dyn Attention>> {
+    fn attention(&self, layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Attention>> {
         let ln_v = if self.value_norm_blocks.includes(layer) {
             Some(LayerNorm::new(spec.head_size(), true, vb.pp("ln_v"))?)
         } else {
             None
         };
-        Ok(Box::new(ValueNormAttention {
-            attn: CausalSelfAttention::new(self, spec, vb)?,
-            ln_v,
-        }))
+        Ok(Box::new(ValueNormAttention { attn: CausalSelfAttention::new(self, spec, vb)?, ln_v }))
     }
 }
 
@@ -79,8 +71,7 @@ pub struct ValueNorm(Gpt);
 impl Experiment for ValueNorm {
     type Config = ValueNormConfig;
     const NAME: &'static str = "value_norm";
-    const SUMMARY: &'static str =
-        "LayerNorm over the head size on the attention values (lmplay normv1).";
+    const SUMMARY: &'static str = "LayerNorm over the head size on the attention values (lmplay normv1).";
     const DESCRIPTION: &'static str = "lmplay's value norm: v = LN_D(split_heads(W_v x)), one \
         LayerNorm over the head size D shared by all heads, applied to the values before \
         attention. The rest is the baseline GPT. Kept in the prod model. lmplay reports about \
@@ -88,12 +79,9 @@ impl Experiment for ValueNorm {
 
     fn variants() -> Vec<Variant> {
         vec![
-            Variant::new("normv1_0", "value norm in every block")
-                .set("value_norm_blocks", Blocks::All),
-            Variant::new("normv1_1", "value norm in blocks 1 and up")
-                .set("value_norm_blocks", Blocks::From1),
-            Variant::new("normv1_2", "value norm in block 0 only")
-                .set("value_norm_blocks", Blocks::First),
+            Variant::new("normv1_0", "value norm in every block").set("value_norm_blocks", Blocks::All),
+            Variant::new("normv1_1", "value norm in blocks 1 and up").set("value_norm_blocks", Blocks::From1),
+            Variant::new("normv1_2", "value norm in block 0 only").set("value_norm_blocks", Blocks::First),
         ]
     }
 
@@ -131,32 +119,17 @@ mod tests {
     #[test]
     fn each_variant_puts_the_norm_in_its_blocks() {
         let norms = |config: &str| -> Vec<String> {
-            let t =
-                testing::trainer::<ValueNorm>(&format!(r#"{{"n_layer": 3, {}"#, &config[1..]), 0);
-            t.params
-                .params()
-                .into_iter()
-                .map(|p| p.name)
-                .filter(|n| n.contains("ln_v.weight"))
-                .collect()
+            let t = testing::trainer::<ValueNorm>(&format!(r#"{{"n_layer": 3, {}"#, &config[1..]), 0);
+            t.params.params().into_iter().map(|p| p.name).filter(|n| n.contains("ln_v.weight")).collect()
         };
         assert_eq!(norms(VARIANTS[0]).len(), 3);
         assert_eq!(
             norms(VARIANTS[1]),
-            [
-                "transformer.h.1.attn.ln_v.weight",
-                "transformer.h.2.attn.ln_v.weight"
-            ]
+            ["transformer.h.1.attn.ln_v.weight", "transformer.h.2.attn.ln_v.weight"]
         );
         assert_eq!(norms(VARIANTS[2]), ["transformer.h.0.attn.ln_v.weight"]);
         // D = 32 / 4 = 8 weights and 8 biases per norm, on top of the baseline's parameters.
         let all = testing::trainer::<ValueNorm>(VARIANTS[0], 0).params.count();
-        assert_eq!(
-            all,
-            testing::trainer::<lmhost_kit::Baseline>("", 0)
-                .params
-                .count()
-                + 2 * 16
-        );
+        assert_eq!(all, testing::trainer::<lmhost_kit::Baseline>("", 0).params.count() + 2 * 16);
     }
 }

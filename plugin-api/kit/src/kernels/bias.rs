@@ -35,15 +35,13 @@ impl CustomOp2 for AddBias {
             candle_core::bail!("add-bias: input {:?} with a bias of {o}", l1.shape().dims());
         }
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(o * ROWS_PER_TASK)
-            .zip(x.par_chunks(o * ROWS_PER_TASK))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_mut(o).zip(x.chunks(o)) {
-                    for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
-                        *y = x + b;
-                    }
+        out.par_chunks_mut(o * ROWS_PER_TASK).zip(x.par_chunks(o * ROWS_PER_TASK)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(o).zip(x.chunks(o)) {
+                for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                    *y = x + b;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -54,9 +52,7 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum {
-            columns: b.elem_count(),
-        })?;
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum { columns: b.elem_count() })?;
         Ok((Some(grad.clone()), Some(db)))
     }
 }
@@ -106,10 +102,6 @@ mod tests {
         let (out_ref, g_ref) = grads(&[&x, &b], || x.as_tensor().broadcast_add(b.as_tensor()));
         assert_eq!(max_diff(&out, &out_ref), 0.0);
         assert_eq!(max_diff(&g[0], &g_ref[0]), 0.0);
-        assert!(
-            max_diff(&g[1], &g_ref[1]) < 1e-4,
-            "db differs by {}",
-            max_diff(&g[1], &g_ref[1])
-        );
+        assert!(max_diff(&g[1], &g_ref[1]) < 1e-4, "db differs by {}", max_diff(&g[1], &g_ref[1]));
     }
 }

@@ -10,9 +10,7 @@ use super::{f32s, fused, u32s, ROWS_PER_TASK};
 /// logits: (N, V), targets: (N,) u32 → two scalars (the loss keeps its gradient graph).
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     if fused(&[logits]) {
-        let per_row = logits
-            .contiguous()?
-            .apply_op2(&targets.contiguous()?, SoftmaxCrossEntropy)?; // (N, 2)
+        let per_row = logits.contiguous()?.apply_op2(&targets.contiguous()?, SoftmaxCrossEntropy)?; // (N, 2)
         let loss_sum = per_row.narrow(1, 0, 1)?.sum_all()?;
         let correct = per_row.narrow(1, 1, 1)?.sum_all()?;
         return Ok((loss_sum, correct));
@@ -24,15 +22,8 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, T
 fn composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let logits = logits.to_dtype(DType::F32)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let loss_sum = log_probs
-        .gather(&targets.unsqueeze(1)?, 1)?
-        .sum_all()?
-        .neg()?;
-    let correct = logits
-        .argmax(D::Minus1)?
-        .eq(targets)?
-        .to_dtype(DType::F32)?
-        .sum_all()?;
+    let loss_sum = log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()?;
+    let correct = logits.argmax(D::Minus1)?.eq(targets)?.to_dtype(DType::F32)?.sum_all()?;
     Ok((loss_sum, correct))
 }
 
@@ -99,10 +90,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.narrow(1, 0, 1)?.contiguous()?; // the hit column carries no gradient
-        Ok((
-            Some(logits.apply_op3_no_bwd(targets, &g, &CrossEntropyGrad)?),
-            None,
-        ))
+        Ok((Some(logits.apply_op3_no_bwd(targets, &g, &CrossEntropyGrad)?), None))
     }
 }
 
@@ -154,26 +142,15 @@ mod tests {
     #[test]
     fn fused_matches_plain_candle_in_value_and_gradient() {
         let logits = var(&[37, 50], 1, 4.0);
-        let targets =
-            Tensor::from_vec((0..37u32).map(|i| i * 7 % 50).collect(), 37, &Device::Cpu).unwrap();
+        let targets = Tensor::from_vec((0..37u32).map(|i| i * 7 % 50).collect(), 37, &Device::Cpu).unwrap();
         let (loss, hits) = cross_entropy_sum(logits.as_tensor(), &targets).unwrap();
         let (loss_ref, hits_ref) = composed(logits.as_tensor(), &targets).unwrap();
         assert!(max_diff(&loss, &loss_ref) < 1e-3, "{loss} vs {loss_ref}");
-        assert_eq!(
-            hits.to_scalar::<f32>().unwrap(),
-            hits_ref.to_scalar::<f32>().unwrap()
-        );
+        assert_eq!(hits.to_scalar::<f32>().unwrap(), hits_ref.to_scalar::<f32>().unwrap());
         let g = (loss * 0.5).unwrap().backward().unwrap();
         let g_ref = (loss_ref * 0.5).unwrap().backward().unwrap();
-        let (a, b) = (
-            g.get(logits.as_tensor()).unwrap(),
-            g_ref.get(logits.as_tensor()).unwrap(),
-        );
-        assert!(
-            max_diff(a, b) < 1e-6,
-            "gradient differs by {}",
-            max_diff(a, b)
-        );
+        let (a, b) = (g.get(logits.as_tensor()).unwrap(), g_ref.get(logits.as_tensor()).unwrap());
+        assert!(max_diff(a, b) < 1e-6, "gradient differs by {}", max_diff(a, b));
     }
 
     #[test]

@@ -27,20 +27,16 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfGrad)?,
-        ))
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfGrad)?))
     }
 }
 
@@ -63,15 +59,15 @@ impl CustomOp2 for GeluErfGrad {
         // 1/√(2π)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (x, g))| {
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(
+            |(d, (x, g))| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
                     let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
                     let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
                     *d = g * (cdf + x * pdf);
                 }
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -86,15 +82,7 @@ mod tests {
         let x = var(&[5000], 4, 5.0);
         let (out, g) = grads(&[&x], || gelu_erf(x.as_tensor()));
         let (out_ref, g_ref) = grads(&[&x], || x.as_tensor().gelu_erf());
-        assert_eq!(
-            max_diff(&out, &out_ref),
-            0.0,
-            "the same formula, the same erf"
-        );
-        assert!(
-            max_diff(&g[0], &g_ref[0]) < 1e-5,
-            "gradient differs by {}",
-            max_diff(&g[0], &g_ref[0])
-        );
+        assert_eq!(max_diff(&out, &out_ref), 0.0, "the same formula, the same erf");
+        assert!(max_diff(&g[0], &g_ref[0]) < 1e-5, "gradient differs by {}", max_diff(&g[0], &g_ref[0]));
     }
 }

@@ -25,9 +25,7 @@ fn composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .to_dtype(dtype)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
     normed.broadcast_mul(w)?.broadcast_add(b)
 }
 
@@ -70,16 +68,14 @@ impl CustomOp3 for LayerNormOp {
             );
         }
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(c * ROWS_PER_TASK)
-            .zip(x.par_chunks(c * ROWS_PER_TASK))
-            .for_each(|(out, x)| {
-                for (y, row) in out.chunks_mut(c).zip(x.chunks(c)) {
-                    let (mean, rstd) = moments(row, self.eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(row).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
-                    }
+        out.par_chunks_mut(c * ROWS_PER_TASK).zip(x.par_chunks(c * ROWS_PER_TASK)).for_each(|(out, x)| {
+            for (y, row) in out.chunks_mut(c).zip(x.chunks(c)) {
+                let (mean, rstd) = moments(row, self.eps);
+                for (((y, &x), &w), &b) in y.iter_mut().zip(row).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -94,8 +90,7 @@ impl CustomOp3 for LayerNormOp {
         // One op returns (N + 2, C): the rows of dx, then dw, then db.
         let c = w.dim(0)?;
         let n = x.elem_count() / c;
-        let packed =
-            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         Ok((Some(dx), Some(packed.get(n)?), Some(packed.get(n + 1)?)))
     }
@@ -130,10 +125,7 @@ impl CustomOp3 for LayerNormGrad {
         // independent of the thread count.
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(c * ROWS_PER_TASK)
-            .zip(
-                x.par_chunks(c * ROWS_PER_TASK)
-                    .zip(g.par_chunks(c * ROWS_PER_TASK)),
-            )
+            .zip(x.par_chunks(c * ROWS_PER_TASK).zip(g.par_chunks(c * ROWS_PER_TASK)))
             .map(|(dx, (x, g))| {
                 let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
                 for ((dx, row), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
@@ -175,19 +167,12 @@ mod tests {
         let x = var(&[3, 37, 24], 1, 2.0);
         let w = var(&[24], 2, 1.0);
         let b = var(&[24], 3, 1.0);
-        let (out, g) = grads(&[&x, &w, &b], || {
-            layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
-        });
-        let (out_ref, g_ref) = grads(&[&x, &w, &b], || {
-            composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
-        });
+        let (out, g) = grads(&[&x, &w, &b], || layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5));
+        let (out_ref, g_ref) =
+            grads(&[&x, &w, &b], || composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5));
         assert!(max_diff(&out, &out_ref) < 1e-5);
         for (name, (a, b)) in ["dx", "dw", "db"].iter().zip(g.iter().zip(&g_ref)) {
-            assert!(
-                max_diff(a, b) < 1e-4,
-                "{name} differs by {}",
-                max_diff(a, b)
-            );
+            assert!(max_diff(a, b) < 1e-4, "{name} differs by {}", max_diff(a, b));
         }
     }
 }

@@ -30,9 +30,7 @@ const ROWS_PER_TASK: usize = 16;
 
 /// Whether the fused CPU path applies to these tensors.
 fn fused(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -56,15 +54,12 @@ pub(crate) mod testing {
     /// Deterministic pseudo-random values in [-scale, scale).
     pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut rng = crate::init::SplitMix::new(seed);
-        (0..n)
-            .map(|_| scale * (2.0 * rng.uniform() as f32 - 1.0))
-            .collect()
+        (0..n).map(|_| scale * (2.0 * rng.uniform() as f32 - 1.0)).collect()
     }
 
     pub fn var(shape: &[usize], seed: u64, scale: f32) -> Var {
         let n = shape.iter().product();
-        Var::from_tensor(&Tensor::from_vec(values(n, seed, scale), shape, &Device::Cpu).unwrap())
-            .unwrap()
+        Var::from_tensor(&Tensor::from_vec(values(n, seed, scale), shape, &Device::Cpu).unwrap()).unwrap()
     }
 
     /// Largest absolute difference between two tensors of the same shape.
@@ -72,22 +67,15 @@ pub(crate) mod testing {
         assert_eq!(a.dims(), b.dims());
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     /// Gradients of `f(inputs) · weights` (a fixed random projection of the output) for each input.
     pub fn grads(inputs: &[&Var], f: impl Fn() -> Result<Tensor>) -> (Tensor, Vec<Tensor>) {
         let out = f().unwrap();
-        let w =
-            Tensor::from_vec(values(out.elem_count(), 99, 1.0), out.shape(), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(values(out.elem_count(), 99, 1.0), out.shape(), &Device::Cpu).unwrap();
         let g = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gs = inputs
-            .iter()
-            .map(|v| g.get(v.as_tensor()).expect("gradient").clone())
-            .collect();
+        let gs = inputs.iter().map(|v| g.get(v.as_tensor()).expect("gradient").clone()).collect();
         (out, gs)
     }
 }

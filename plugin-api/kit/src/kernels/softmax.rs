@@ -15,9 +15,7 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
         candle_core::bail!("causal softmax: {tq} queries but only {tk} keys");
     }
     if fused(&[scores]) {
-        return scores.contiguous()?.apply_op1(CausalSoftmax {
-            scale: scale as f32,
-        });
+        return scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32 });
     }
     composed(scores, scale)
 }
@@ -27,15 +25,7 @@ fn composed(scores: &Tensor, scale: f64) -> Result<Tensor> {
     let (tq, tk) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
     let offset = tk - tq;
     let mask: Vec<f32> = (0..tq)
-        .flat_map(|i| {
-            (0..tk).map(move |j| {
-                if j <= i + offset {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+        .flat_map(|i| (0..tk).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     let mask = Tensor::from_vec(mask, (tq, tk), scores.device())?.to_dtype(scores.dtype())?;
     candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
@@ -61,14 +51,11 @@ impl CustomOp1 for CausalSoftmax {
         let (tq, tk) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let x = f32s(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(tk * ROWS_PER_TASK)
-            .zip(x.par_chunks(tk * ROWS_PER_TASK))
-            .enumerate()
-            .for_each(|(task, (out, x))| {
+        out.par_chunks_mut(tk * ROWS_PER_TASK).zip(x.par_chunks(tk * ROWS_PER_TASK)).enumerate().for_each(
+            |(task, (out, x))| {
                 for (i, (y, row)) in out.chunks_mut(tk).zip(x.chunks(tk)).enumerate() {
                     let n = visible(task * ROWS_PER_TASK + i, tq, tk);
-                    let max =
-                        row[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
+                    let max = row[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
                     let mut sum = 0.0;
                     for (y, &v) in y[..n].iter_mut().zip(&row[..n]) {
                         *y = (v * self.scale - max).exp();
@@ -77,15 +64,13 @@ impl CustomOp1 for CausalSoftmax {
                     let inv = 1.0 / sum;
                     y[..n].iter_mut().for_each(|y| *y *= inv);
                 }
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &CausalSoftmaxGrad { scale: self.scale },
-        )?))
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &CausalSoftmaxGrad { scale: self.scale })?))
     }
 }
 
@@ -111,18 +96,10 @@ impl CustomOp2 for CausalSoftmaxGrad {
         let g = f32s(s2, l2, self.name())?;
         let mut out = vec![0f32; y.len()];
         out.par_chunks_mut(tk * ROWS_PER_TASK)
-            .zip(
-                y.par_chunks(tk * ROWS_PER_TASK)
-                    .zip(g.par_chunks(tk * ROWS_PER_TASK)),
-            )
+            .zip(y.par_chunks(tk * ROWS_PER_TASK).zip(g.par_chunks(tk * ROWS_PER_TASK)))
             .enumerate()
             .for_each(|(task, (out, (y, g)))| {
-                for (i, ((d, y), g)) in out
-                    .chunks_mut(tk)
-                    .zip(y.chunks(tk))
-                    .zip(g.chunks(tk))
-                    .enumerate()
-                {
+                for (i, ((d, y), g)) in out.chunks_mut(tk).zip(y.chunks(tk)).zip(g.chunks(tk)).enumerate() {
                     let n = visible(task * ROWS_PER_TASK + i, tq, tk);
                     let dot: f32 = y[..n].iter().zip(&g[..n]).map(|(y, g)| y * g).sum();
                     for ((d, &y), &g) in d[..n].iter_mut().zip(&y[..n]).zip(&g[..n]) {
