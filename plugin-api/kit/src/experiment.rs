@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::config::{KnobType, Knobs};
 use crate::gpt::{Gpt, ModelSpec};
 use crate::init::ParamStore;
+use crate::optim::ParamOptions;
 use crate::parts::{BaselineParts, KvCache, Named};
 
 /// One experiment: the baseline GPT with one idea changed.
@@ -65,9 +66,16 @@ pub trait Experiment: Sized + 'static {
         }
     }
 
-    /// Numbers to record beside the loss, measured since the last call.
-    fn extra_metrics(&self) -> Vec<(String, f64)> {
-        Vec::new()
+    /// Numbers to record beside the loss every `metrics_every` steps (the kit adds the outlier
+    /// kurtosis of the residual stream); by default the blocks' own metrics.
+    fn extra_metrics(&self) -> Result<Vec<(String, f64)>> {
+        self.gpt().map_or(Ok(Vec::new()), Gpt::metrics)
+    }
+
+    /// How the optimiser treats one parameter where the experiment departs from the common
+    /// settings: a learning-rate multiplier (muP), or weight decay on or off (gains).
+    fn param_options(&self, _name: &str) -> ParamOptions {
+        ParamOptions::default()
     }
 }
 

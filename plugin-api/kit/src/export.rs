@@ -211,8 +211,7 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
         guard(|| {
             Ok(self
                 .0
-                .model
-                .extra_metrics()
+                .extra_metrics()?
                 .into_iter()
                 .map(|(name, value)| Metric { name: name.into(), value })
                 .collect())

@@ -11,11 +11,15 @@
 //! Every part is built through a [`Recipe`]: the baseline's recipe builds these parts, an
 //! experiment's recipe replaces one of them and keeps the rest.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use std::sync::Mutex;
+
 use crate::nn::{self, LayerNorm};
-use crate::parts::{Attention, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe, TokenEmbedding};
+use crate::parts::{
+    Attention, Block, Dense, DenseSpec, KvCache, LayerCache, Named, Norm, Recipe, TokenEmbedding,
+};
 
 crate::knobs! {
     /// The size of the model; vocabulary and context length come from the run.
@@ -166,14 +170,14 @@ impl Mlp {
 }
 
 /// Pre-LN block: `x += Attn(LN1(x)); x += MLP(LN2(x))`.
-pub struct Block {
+pub struct PreLnBlock {
     pub ln_1: LayerNorm,
     pub attn: Box<dyn Attention>,
     pub ln_2: LayerNorm,
     pub mlp: Mlp,
 }
 
-impl Block {
+impl PreLnBlock {
     pub fn new<R: Recipe + ?Sized>(
         recipe: &R,
         layer: usize,
@@ -188,14 +192,16 @@ impl Block {
             mlp: Mlp::new(recipe, spec, vb.pp("mlp"))?,
         })
     }
+}
 
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+impl Block for PreLnBlock {
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, cache)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
 
-    pub fn prod(&self) -> Result<Named> {
-        Ok([self.ln_1.prod(), self.attn.prod()?, self.ln_2.prod(), self.mlp.prod()?].concat())
+    fn prod(&self) -> Result<Named> {
+        Ok([self.ln_1.prod()?, self.attn.prod()?, self.ln_2.prod()?, self.mlp.prod()?].concat())
     }
 }
 
@@ -203,9 +209,13 @@ impl Block {
 pub struct Gpt {
     pub wte: Box<dyn TokenEmbedding>,
     pub wpe: nn::Embedding,
-    pub h: Vec<Block>,
-    pub ln_f: LayerNorm,
+    /// A norm on the summed embeddings, for blocks without pre-norms (none in the baseline).
+    pub ln_emb: Option<Box<dyn Norm>>,
+    pub h: Vec<Box<dyn Block>>,
+    pub ln_f: Box<dyn Norm>,
     pub lm_head: Box<dyn Dense>,
+    /// The residual-stream states of the next forward, when someone asked for them.
+    probe: Mutex<Option<Named>>,
 }
 
 impl Gpt {
@@ -214,15 +224,17 @@ impl Gpt {
         let c = spec.gpt.n_embd;
         let t = vb.pp("transformer");
         let h = (0..spec.gpt.n_layer)
-            .map(|i| Block::new(recipe, i, spec, t.pp("h").pp(i)))
+            .map(|i| recipe.block(i, spec, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let head = DenseSpec { in_dim: c, out_dim: spec.vocab_size, std: spec.gpt.init_std, bias: true };
         Ok(Self {
             wte: recipe.token_embedding(spec, t.pp("wte"))?,
             wpe: nn::embedding(spec.context_length, c, 0.0, t.pp("wpe"))?, // zero: lmplay
+            ln_emb: recipe.embedding_norm(spec, t.pp("ln_emb"))?,
             h,
-            ln_f: LayerNorm::new(c, true, t.pp("ln_f"))?,
+            ln_f: recipe.final_norm(spec, t.pp("ln_f"))?,
             lm_head: recipe.dense(head, vb.pp("lm_head"))?,
+            probe: Mutex::new(None),
         })
     }
 
@@ -243,20 +255,54 @@ impl Gpt {
         let t = ids.dim(1)?;
         let positions = self.wpe.table.narrow(0, offset, t)?; // (T, C)
         let mut x = self.wte.forward(ids)?.broadcast_add(&positions)?; // (B, T, C)
+        if let Some(norm) = &self.ln_emb {
+            x = norm.forward(&x)?;
+        }
         for (i, block) in self.h.iter().enumerate() {
+            self.record(|| format!("block{i}_in"), &x);
             x = block.forward(&x, caches.as_mut().map(|c| &mut c[i]))?;
         }
-        self.lm_head.forward(&self.ln_f.forward(&x)?)
+        let x = self.ln_f.forward(&x)?;
+        self.record(|| "final".into(), &x);
+        self.lm_head.forward(&x)
+    }
+
+    /// Records the states of the residual stream (each block's input, the final normed output)
+    /// during the next forward pass; [`take_residuals`](Self::take_residuals) returns them.
+    pub fn probe_residuals(&self) {
+        *self.probe.lock().expect("probe lock") = Some(Vec::new());
+    }
+
+    pub fn take_residuals(&self) -> Option<Named> {
+        self.probe.lock().expect("probe lock").take()
+    }
+
+    fn record(&self, name: impl FnOnce() -> String, x: &Tensor) {
+        if let Some(states) = self.probe.lock().expect("probe lock").as_mut() {
+            states.push((name(), x.detach()));
+        }
+    }
+
+    /// Every block's own numbers (learned gains, ...), named by block.
+    pub fn metrics(&self) -> Result<Vec<(String, f64)>> {
+        let mut out = Vec::new();
+        for (i, block) in self.h.iter().enumerate() {
+            out.extend(block.metrics()?.into_iter().map(|(n, v)| (format!("h{i}.{n}"), v)));
+        }
+        Ok(out)
     }
 
     /// Every weight in the baseline's layout and names: what a sacrificial experiment ships.
     pub fn prod(&self) -> Result<Named> {
         let mut out = self.wte.prod()?;
         out.push((format!("{}.weight", self.wpe.name), self.wpe.table.clone()));
+        if let Some(norm) = &self.ln_emb {
+            out.extend(norm.prod()?);
+        }
         for block in &self.h {
             out.extend(block.prod()?);
         }
-        out.extend(self.ln_f.prod());
+        out.extend(self.ln_f.prod()?);
         out.extend(self.lm_head.prod()?);
         Ok(out)
     }

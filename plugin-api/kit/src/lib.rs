@@ -19,6 +19,7 @@ pub mod generate;
 pub mod gpt;
 pub mod init;
 pub mod kernels;
+pub mod metrics;
 pub mod nn;
 pub mod optim;
 pub mod parts;
@@ -38,12 +39,14 @@ pub use serde_json;
 pub mod prelude {
     pub use crate::config::{KnobType, Knobs};
     pub use crate::experiment::{Experiment, Variant};
-    pub use crate::gpt::{Block, CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec};
+    pub use crate::gpt::{CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec, PreLnBlock};
     pub use crate::init::ParamStore;
     pub use crate::kernels;
-    pub use crate::nn::{self, LayerNorm, Linear};
+    pub use crate::nn::{self, LayerNorm, Linear, RmsNorm};
+    pub use crate::optim::ParamOptions;
     pub use crate::parts::{
-        Attention, BaselineParts, Dense, DenseSpec, KvCache, LayerCache, Named, Recipe, TokenEmbedding,
+        Attention, BaselineParts, Block, Dense, DenseSpec, KvCache, LayerCache, Named, Norm, Recipe,
+        TokenEmbedding,
     };
     pub use crate::{export_plugin, knob_enum, knobs};
     pub use candle_core::{DType, Device, Module, Result, Tensor, D};

@@ -3,11 +3,11 @@
 //!
 //! Shapes: `B` batch, `T` time, `C` width, `H` heads, `D = C/H` head size, `V` vocab.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::kernels;
-use crate::parts::{Dense, Named, TokenEmbedding};
+use crate::parts::{Dense, Named, Norm, TokenEmbedding};
 
 /// `y = x Wᵀ + b`, `W: (out, in)`.
 #[derive(Clone, Debug)]
@@ -111,18 +111,48 @@ impl LayerNorm {
         Ok(Self { weight, bias, eps: 1e-5, name: vb.prefix() })
     }
 
-    /// `<path>.weight` and `<path>.bias`, as the baseline names them.
-    pub fn prod(&self) -> Named {
-        weight_and_bias(&self.name, &self.weight, self.bias.as_ref())
-    }
-}
-
-impl Module for LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// x: (..., C) → (..., C).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => kernels::layer_norm(x, &self.weight, b, self.eps),
             None => kernels::layer_norm(x, &self.weight, &self.weight.zeros_like()?, self.eps),
         }
+    }
+}
+
+impl Norm for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        LayerNorm::forward(self, x)
+    }
+
+    /// `<path>.weight` and `<path>.bias`, as the baseline names them.
+    fn prod(&self) -> Result<Named> {
+        Ok(weight_and_bias(&self.name, &self.weight, self.bias.as_ref()))
+    }
+}
+
+/// RMSNorm over the last dimension with a gain (Zhang & Sennrich 2019): `x / √(mean(x²) + eps) · g`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub name: String,
+}
+
+impl RmsNorm {
+    /// Gain 1.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?, eps, name: vb.prefix() })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)
+    }
+}
+
+impl Norm for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        RmsNorm::forward(self, x)
     }
 }
 

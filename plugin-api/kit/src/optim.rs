@@ -56,23 +56,45 @@ impl OptimConfig {
     }
 }
 
+/// How one parameter is optimised where an experiment departs from the common settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamOptions {
+    /// Multiplies the learning rate of every step (muP's 1/width for hidden weights).
+    pub lr_scale: f64,
+    /// Weight decay on or off regardless of `no_decay` (e.g. off for learned gains).
+    pub weight_decay: Option<bool>,
+}
+
+impl Default for ParamOptions {
+    fn default() -> Self {
+        Self { lr_scale: 1.0, weight_decay: None }
+    }
+}
+
 /// The optimiser of one model: its parameters, their state slots, and how many steps it took.
 pub struct Optimizer {
     config: OptimConfig,
     params: Vec<Param>,
     decay: Vec<bool>,
+    lr_scale: Vec<f64>,
     /// `state[i][s]`: slot `s` of parameter `i`.
     state: Vec<Vec<Tensor>>,
     steps: u64,
 }
 
 impl Optimizer {
-    pub fn new(config: &OptimConfig, params: Vec<Param>) -> Result<Self> {
+    /// `options[i]` belongs to parameter `i`.
+    pub fn new(config: &OptimConfig, params: Vec<Param>, options: Vec<ParamOptions>) -> Result<Self> {
         let slots = config.slots().len();
         let state =
             params.iter().map(|p| (0..slots).map(|_| p.var.zeros_like()).collect()).collect::<Result<_>>()?;
         Ok(Self {
-            decay: params.iter().map(|p| config.decays(&p.name)).collect(),
+            decay: params
+                .iter()
+                .zip(&options)
+                .map(|(p, o)| o.weight_decay.unwrap_or(config.decays(&p.name)))
+                .collect(),
+            lr_scale: options.iter().map(|o| o.lr_scale).collect(),
             config: config.clone(),
             params,
             state,
@@ -98,6 +120,7 @@ impl Optimizer {
             let Some(g) = grad else { continue };
             let theta = self.params[i].var.as_tensor();
             let wd = if self.decay[i] { c.weight_decay } else { 0.0 };
+            let lr = lr * self.lr_scale[i];
             let slots = &mut self.state[i];
             if allow_fused
                 && c.optimizer == OptimizerKind::AdamW
@@ -343,7 +366,7 @@ mod tests {
         vb.get_with_hints(3, name, Init::Const(0.0)).unwrap();
         let p = store.params();
         p[0].var.set(&Tensor::new(&THETA0.map(|x| x as f32), &Device::Cpu).unwrap()).unwrap();
-        let mut opt = Optimizer::new(config, p.clone()).unwrap();
+        let mut opt = Optimizer::new(config, p.clone(), vec![ParamOptions::default()]).unwrap();
         for g in GRADS {
             let g = Tensor::new(&g.map(|x| x as f32), &Device::Cpu).unwrap();
             opt.step_with(&[Some(g)], lr, allow_fused).unwrap();
@@ -423,6 +446,31 @@ mod tests {
     }
 
     #[test]
+    fn per_parameter_options_scale_the_rate_and_override_decay() {
+        let cfg = OptimConfig { optimizer: OptimizerKind::Sgd, weight_decay: 0.5, ..OptimConfig::default() };
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        for name in ["w", "half", "h.bias"] {
+            vb.get_with_hints(1, name, Init::Const(1.0)).unwrap();
+        }
+        let options = vec![
+            ParamOptions::default(),
+            ParamOptions { lr_scale: 0.5, weight_decay: Some(false) },
+            ParamOptions { lr_scale: 1.0, weight_decay: Some(true) },
+        ];
+        let mut opt = Optimizer::new(&cfg, store.params(), options).unwrap();
+        let g = || Some(Tensor::new(&[1f32], &Device::Cpu).unwrap());
+        opt.step(&[g(), g(), g()], 0.1).unwrap();
+        let v: Vec<f32> =
+            store.params().iter().map(|p| p.var.as_tensor().to_vec1::<f32>().unwrap()[0]).collect();
+        // θ − lr·(g + wd·θ): decayed 1 − 0.1·1.5; half rate, no decay 1 − 0.05·1; bias forced to decay.
+        assert!(
+            (v[0] - 0.85).abs() < 1e-6 && (v[1] - 0.95).abs() < 1e-6 && (v[2] - 0.85).abs() < 1e-6,
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn clipping_scales_to_max_norm_and_reports_the_norm_before() {
         let dev = Device::Cpu;
         let mut grads = vec![
@@ -443,17 +491,18 @@ mod tests {
         let cfg = OptimConfig::default();
         let store = ParamStore::new(0);
         store.var_builder(DType::F32, &Device::Cpu).get_with_hints(3, "w", Init::Const(1.0)).unwrap();
-        let mut a = Optimizer::new(&cfg, store.params()).unwrap();
+        let opts = || vec![ParamOptions::default()];
+        let mut a = Optimizer::new(&cfg, store.params(), opts()).unwrap();
         a.step(&[Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap())], 0.1).unwrap();
         let saved: HashMap<_, _> = a.state().into_iter().collect();
         assert_eq!(saved.len(), 2);
-        let mut b = Optimizer::new(&cfg, store.params()).unwrap();
+        let mut b = Optimizer::new(&cfg, store.params(), opts()).unwrap();
         b.load_state(&saved, a.steps()).unwrap();
         assert_eq!(b.steps(), 1);
         let m = b.state()[0].1.to_vec1::<f32>().unwrap();
         assert!((m[1] - 0.2).abs() < 1e-6);
         let adagrad = OptimConfig { optimizer: OptimizerKind::Adagrad, ..OptimConfig::default() };
-        let mut c = Optimizer::new(&adagrad, store.params()).unwrap();
+        let mut c = Optimizer::new(&adagrad, store.params(), opts()).unwrap();
         assert!(c.load_state(&saved, 1).unwrap_err().to_string().contains("optim.w.sum"));
     }
 }

@@ -1,6 +1,7 @@
 //! The replaceable parts of the baseline GPT. An experiment implements [`Recipe`], overriding the
 //! one part its idea changes (the dense layers for UW1, the token embedding for UE, the attention
-//! for value norm); every other part stays the baseline's, built by the same code.
+//! for value norm, the whole block for simplified blocks); every other part stays the baseline's,
+//! built by the same code.
 //!
 //! Each part can say what it is in the baseline's layout ([`prod`](Dense::prod)): that is how a
 //! sacrificial experiment exports weights the plain baseline loads.
@@ -8,7 +9,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::gpt::{CausalSelfAttention, ModelSpec};
+use crate::gpt::{CausalSelfAttention, ModelSpec, PreLnBlock};
 use crate::nn;
 
 /// The shape of one dense layer of the baseline.
@@ -54,6 +55,28 @@ pub trait Attention: Send + Sync {
     /// The attention as the baseline's `c_attn` and `c_proj`.
     fn prod(&self) -> Result<Named> {
         not_sacrificial()
+    }
+}
+
+/// A normalisation over the last dimension (LayerNorm, RMSNorm).
+pub trait Norm: Send + Sync {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// The norm as the baseline's `<path>.weight` and `<path>.bias`.
+    fn prod(&self) -> Result<Named> {
+        not_sacrificial()
+    }
+}
+
+/// One transformer block: (B, T, C) → (B, T, C) on the residual stream.
+pub trait Block: Send + Sync {
+    /// With a cache, `x` holds the positions after the cached ones (see [`Attention::forward`]).
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor>;
+    fn prod(&self) -> Result<Named> {
+        not_sacrificial()
+    }
+    /// Numbers worth logging beside the loss (learned gains, ...).
+    fn metrics(&self) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -110,6 +133,21 @@ pub trait Recipe {
 
     fn token_embedding(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn TokenEmbedding>> {
         Ok(Box::new(nn::embedding(spec.vocab_size, spec.gpt.n_embd, spec.gpt.init_std, vb)?))
+    }
+
+    /// Block `layer` (the attention inside comes from [`attention`](Recipe::attention)).
+    fn block(&self, layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Block>> {
+        Ok(Box::new(PreLnBlock::new(self, layer, spec, vb)?))
+    }
+
+    /// A norm on the summed token and position embeddings; the baseline has none.
+    fn embedding_norm(&self, _spec: &ModelSpec, _vb: VarBuilder) -> Result<Option<Box<dyn Norm>>> {
+        Ok(None)
+    }
+
+    /// The norm before the head.
+    fn final_norm(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Norm>> {
+        Ok(Box::new(nn::LayerNorm::new(spec.gpt.n_embd, true, vb)?))
     }
 }
 

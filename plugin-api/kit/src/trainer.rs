@@ -11,6 +11,7 @@ use crate::config::{reject_unknown_keys, FieldSpec, Knobs};
 use crate::experiment::Experiment;
 use crate::gpt::{GptConfig, ModelSpec};
 use crate::init::ParamStore;
+use crate::metrics::{outlier_kurtosis, MetricsConfig};
 use crate::nn::cross_entropy_sum;
 use crate::optim::{clip_grad_norm, OptimConfig, Optimizer};
 
@@ -91,6 +92,7 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
 pub fn config_fields<E: Experiment>() -> Vec<FieldSpec> {
     let mut fields = GptConfig::fields();
     fields.extend(OptimConfig::fields());
+    fields.extend(MetricsConfig::fields());
     fields.extend(E::Config::fields());
     fields
 }
@@ -99,6 +101,7 @@ pub fn config_fields<E: Experiment>() -> Vec<FieldSpec> {
 pub struct ResolvedConfig<E: Experiment> {
     pub gpt: GptConfig,
     pub optim: OptimConfig,
+    pub metrics: MetricsConfig,
     pub own: E::Config,
 }
 
@@ -112,6 +115,7 @@ impl<E: Experiment> ResolvedConfig<E> {
         Ok(Self {
             gpt,
             optim: OptimConfig::from_map(&map).map_err(KitError::Config)?,
+            metrics: MetricsConfig::from_map(&map).map_err(KitError::Config)?,
             own: E::Config::from_map(&map).map_err(KitError::Config)?,
         })
     }
@@ -120,6 +124,7 @@ impl<E: Experiment> ResolvedConfig<E> {
     pub fn to_map(&self) -> Map<String, Value> {
         let mut map = self.gpt.to_map();
         map.extend(self.optim.to_map());
+        map.extend(self.metrics.to_map());
         map.extend(self.own.to_map());
         map
     }
@@ -132,6 +137,9 @@ pub struct Trainer<E: Experiment> {
     pub spec: ModelSpec,
     optimizer: Optimizer,
     optim_config: OptimConfig,
+    metrics_config: MetricsConfig,
+    /// Metrics measured at the current step, handed out by [`extra_metrics`](Self::extra_metrics).
+    metrics: Vec<(String, f64)>,
     /// Accumulated gradients, one per parameter of `params` in creation order.
     grads: Vec<Option<Tensor>>,
     device: Device,
@@ -149,7 +157,8 @@ impl<E: Experiment> Trainer<E> {
         };
         let params = ParamStore::new(run.seed);
         let model = E::build(&spec, &config.own, params.var_builder(dtype, &device))?;
-        let optimizer = Optimizer::new(&config.optim, params.params())?;
+        let options = params.params().iter().map(|p| model.param_options(&p.name)).collect();
+        let optimizer = Optimizer::new(&config.optim, params.params(), options)?;
         Ok(Self {
             grads: vec![None; params.params().len()],
             model,
@@ -157,8 +166,23 @@ impl<E: Experiment> Trainer<E> {
             spec,
             optimizer,
             optim_config: config.optim,
+            metrics_config: config.metrics,
+            metrics: Vec::new(),
             device,
         })
+    }
+
+    /// Whether the step being accumulated is one whose metrics are measured, and nothing was
+    /// measured for it yet (the first micro-batch).
+    fn metrics_due(&self) -> bool {
+        let every = self.metrics_config.metrics_every;
+        every > 0 && (self.optimizer.steps() + 1).is_multiple_of(every) && self.grads.iter().all(Option::is_none)
+    }
+
+    /// Metrics measured since the last call: the outlier kurtosis of every residual-stream state
+    /// and the experiment's own numbers, at every `metrics_every`-th step.
+    pub fn extra_metrics(&mut self) -> Result<Vec<(String, f64)>> {
+        Ok(std::mem::take(&mut self.metrics))
     }
 
     /// (rows, T + 1) ids → inputs (rows, T) and flattened targets (rows · T).
@@ -196,7 +220,19 @@ impl<E: Experiment> Trainer<E> {
         cols: usize,
         loss_scale: f64,
     ) -> Result<BatchStats> {
+        let measure = self.metrics_due();
+        if let (true, Some(gpt)) = (measure, self.model.gpt()) {
+            gpt.probe_residuals();
+        }
         let (loss_sum, stats) = self.loss(ids, rows, cols)?;
+        if measure {
+            if let Some(gpt) = self.model.gpt() {
+                for (name, state) in gpt.take_residuals().unwrap_or_default() {
+                    self.metrics.push((format!("kurtosis.{name}"), outlier_kurtosis(&state)?));
+                }
+            }
+            self.metrics.extend(self.model.extra_metrics()?);
+        }
         let grads = (loss_sum * loss_scale)?.backward()?;
         for (acc, p) in self.grads.iter_mut().zip(self.params.params()) {
             if let Some(g) = grads.get(p.var.as_tensor()) {
