@@ -6,18 +6,24 @@
 pub mod batches;
 pub mod corpus;
 pub mod prepare;
+pub mod sources;
+pub mod tokens;
 
 use std::path::Path;
 
-pub use batches::{train_batch, validation_windows};
-pub use corpus::{Corpus, Document};
+pub use batches::{mixed_batch, train_batch, validation_windows};
+pub use corpus::Corpus;
 pub use prepare::{DataManifest, DataSettings, PreparedData, END_OF_TEXT};
+pub use sources::{Document, Source};
 pub use tokenizers::Tokenizer;
+pub use tokens::Tokens;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("unknown dataset `{0}`: the embedded one is `shakespeare`")]
+    #[error("unknown dataset `{0}`: use shakespeare (embedded), text:PATH, jsonl:PATH#field, parquet:PATH#column, arrow:PATH#column or hub:OWNER/NAME#column")]
     UnknownDataset(String),
+    #[error("{0}")]
+    Source(String),
     #[error("corrupt data: {0}")]
     Corrupt(String),
     #[error("tokenizer: {0}")]

@@ -1,9 +1,12 @@
-//! From a corpus to token ids: a byte-level BPE tokenizer trained on the training documents and
-//! the tokenised splits, both cached on disk under a key made of everything they depend on.
+//! From a source to token ids: the validation documents chosen, a byte-level BPE tokenizer
+//! trained on the training documents (or a given `tokenizer.json` loaded), and both splits
+//! tokenised to disk, in one streaming pass each, all cached under a key made of everything they
+//! depend on: the source's bytes, the settings, the tokenizer and this recipe's version.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -11,62 +14,88 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, Tokenizer, TokenizerBuilder};
 
-use crate::corpus::{hex, Corpus};
+use crate::corpus::hex;
+use crate::sources::Source;
+use crate::tokens::{TokenWriter, Tokens};
 use crate::DataError;
 
-/// Separates documents in the token stream; always id 0.
+/// Separates documents in the token stream (id 0 in a trained tokenizer).
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-/// Bump when the tokenizer recipe or the cache format changes: old caches are then never read.
-const RECIPE_VERSION: u32 = 1;
-const TOKENS_MAGIC: &[u8; 8] = b"LMHTOKS1";
+/// Bump when the recipe or the cache format changes: old caches are then never read.
+const RECIPE_VERSION: u32 = 2;
+
+/// Validation documents listed by key in the manifest (the rest are counted).
+const LISTED: usize = 1000;
 
 /// What the data of a run depends on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSettings {
-    /// Corpus name (`shakespeare` is embedded).
+    /// The source: `shakespeare`, `text:PATH`, `jsonl:PATH#field`, `parquet:PATH#column`, `arrow:PATH#column`.
     pub dataset: String,
     /// Requested BPE vocabulary size, special tokens included.
     pub vocab_size: usize,
-    /// Fraction of the corpus bytes held out for validation, by whole documents.
+    /// Fraction of the corpus bytes held out for validation, by whole documents (0: none).
     pub val_fraction: f64,
     /// Fixes which documents are held out.
     pub split_seed: u64,
+    /// `bpe` trains one on the training documents; otherwise the path of a `tokenizer.json`.
+    pub tokenizer: String,
+    /// Special tokens a trained tokenizer adds after `<|endoftext|>`, separated by spaces.
+    pub special_tokens: String,
 }
 
 /// What `meta.json` in a cache folder records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DataManifest {
     pub settings: DataSettings,
-    pub corpus_fingerprint: String,
+    /// sha256 of every byte the source read.
+    pub source_fingerprint: String,
     /// sha256 of `tokenizer.json`.
     pub tokenizer_fingerprint: String,
-    /// The tokenizer's actual vocabulary size (BPE may stop below the request on a small corpus).
+    /// The tokenizer's vocabulary size (BPE may stop below the request on a small corpus).
     pub vocab_size: usize,
+    /// Bytes per stored id: 2 or 4.
+    pub width: usize,
     pub train_tokens: usize,
     pub val_tokens: usize,
+    pub train_document_count: usize,
+    pub val_document_count: usize,
+    /// The keys of the validation documents (the first thousand).
     pub val_documents: Vec<String>,
     /// sha256 of the validation token ids.
     pub val_fingerprint: String,
 }
 
-/// Tokenised training and validation streams, ready for batching.
-#[derive(Debug, Clone)]
+/// Tokenised training and validation streams, memory-mapped, ready for batching.
 pub struct PreparedData {
-    /// The cache folder: `tokenizer.json`, `tokens.bin`, `meta.json`.
+    /// The cache folder: `tokenizer.json`, `train.tokens`, `val.tokens`, `meta.json`.
     pub dir: PathBuf,
     pub manifest: DataManifest,
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub train: Tokens,
+    pub val: Tokens,
 }
+
+/// How far preparation has come: (what, bytes done, bytes in all).
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
 
 impl PreparedData {
     /// Loads the cache for `settings` from `cache_root`, building it first if absent.
     pub fn prepare(settings: &DataSettings, cache_root: &Path) -> Result<Self, DataError> {
-        let corpus = Corpus::named(&settings.dataset)?;
-        let dir = cache_root.join(&settings.dataset).join(cache_key(settings, &corpus));
+        Self::prepare_with(settings, cache_root, &|_, _, _| {})
+    }
+
+    /// As [`prepare`](Self::prepare), reporting progress while building.
+    pub fn prepare_with(
+        settings: &DataSettings,
+        cache_root: &Path,
+        progress: Progress,
+    ) -> Result<Self, DataError> {
+        let source: Source = settings.dataset.parse()?;
+        let key = cache_key(settings, &source)?;
+        let dir = cache_root.join(slug(&settings.dataset)).join(key);
         if !dir.join("meta.json").exists() {
-            build_cache(settings, &corpus, &dir)?;
+            build_cache(settings, &source, &dir, progress)?;
         }
         Self::load(&dir)
     }
@@ -74,9 +103,11 @@ impl PreparedData {
     /// Loads a cache folder written by [`prepare`](Self::prepare), checking it is whole.
     pub fn load(dir: &Path) -> Result<Self, DataError> {
         let meta_path = dir.join("meta.json");
-        let manifest: DataManifest = serde_json::from_slice(&read(&meta_path)?)
+        let bytes = fs::read(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
+        let manifest: DataManifest = serde_json::from_slice(&bytes)
             .map_err(|e| DataError::Corrupt(format!("{}: {e}", meta_path.display())))?;
-        let (train, val) = read_tokens(&dir.join("tokens.bin"))?;
+        let train = Tokens::open(&dir.join("train.tokens"), manifest.width)?;
+        let val = Tokens::open(&dir.join("val.tokens"), manifest.width)?;
         if train.len() != manifest.train_tokens || val.len() != manifest.val_tokens {
             return Err(DataError::Corrupt(format!(
                 "{}: token counts differ from meta.json; delete the folder to rebuild it",
@@ -96,26 +127,43 @@ impl PreparedData {
     }
 }
 
-fn cache_key(settings: &DataSettings, corpus: &Corpus) -> String {
-    let recipe = serde_json::json!({
-        "recipe": RECIPE_VERSION,
-        "corpus": corpus.fingerprint,
-        "settings": settings,
-    });
-    format!("bpe{}-{}", settings.vocab_size, &hex(&Sha256::digest(recipe.to_string()))[..16])
+/// A folder name for a source spec.
+fn slug(spec: &str) -> String {
+    let s: String = spec.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    s.chars().take(48).collect()
 }
 
-/// Byte-level BPE (GPT-2's pre-tokenisation, no prefix space) trained on `texts`.
-pub fn train_bpe<'a>(
-    texts: impl Iterator<Item = &'a str> + Send,
+fn cache_key(settings: &DataSettings, source: &Source) -> Result<String, DataError> {
+    let tokenizer = match settings.tokenizer.as_str() {
+        "bpe" => "bpe".to_owned(),
+        path => hex(&Sha256::digest(fs::read(path).map_err(|e| DataError::io(Path::new(path), e))?)),
+    };
+    let recipe = serde_json::json!({
+        "recipe": RECIPE_VERSION,
+        "source": source.fingerprint()?,
+        "settings": settings,
+        "tokenizer": tokenizer,
+    });
+    Ok(format!("v{}-{}", settings.vocab_size, &hex(&Sha256::digest(recipe.to_string()))[..16]))
+}
+
+/// Byte-level BPE (GPT-2's pre-tokenisation, no prefix space) trained on `texts`, with
+/// `<|endoftext|>` (id 0) and any further special tokens.
+pub fn train_bpe<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
     vocab_size: usize,
+    special: &[&str],
 ) -> Result<Tokenizer, DataError> {
     let err = |e: tokenizers::Error| DataError::Tokenizer(e.to_string());
+    let specials = std::iter::once(END_OF_TEXT)
+        .chain(special.iter().copied())
+        .map(|t| AddedToken::from(t, true))
+        .collect();
     let mut trainer = BpeTrainerBuilder::new()
         .show_progress(false)
         .vocab_size(vocab_size)
         .min_frequency(2)
-        .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+        .special_tokens(specials)
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     let mut tokenizer =
@@ -128,46 +176,150 @@ pub fn train_bpe<'a>(
             .build()
             .map_err(err)?;
     tokenizer.train(&mut trainer, texts).map_err(err)?;
-    let json = tokenizer.to_string(false).map_err(err)?;
-    json.parse::<Tokenizer>().map_err(err)
+    tokenizer.to_string(false).map_err(err)?.parse::<Tokenizer>().map_err(err)
 }
 
-fn build_cache(settings: &DataSettings, corpus: &Corpus, dir: &Path) -> Result<(), DataError> {
-    tracing::info!(dataset = %settings.dataset, vocab = settings.vocab_size, "training the BPE tokenizer (cached afterwards)");
-    let split = corpus.split(settings.val_fraction, settings.split_seed);
-    let tokenizer = train_bpe(split.train.iter().map(|d| d.text.as_str()), settings.vocab_size)?;
-    let eot = tokenizer
-        .token_to_id(END_OF_TEXT)
-        .ok_or_else(|| DataError::Tokenizer("the trained tokenizer lost its end-of-text token".into()))?;
-    let encode = |docs: &[&crate::corpus::Document]| -> Result<Vec<u32>, DataError> {
-        let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
-        let encodings =
-            tokenizer.encode_batch(texts, false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        Ok(encodings.iter().flat_map(|e| e.get_ids().iter().copied().chain(std::iter::once(eot))).collect())
+/// Which documents are held out: in an order fixed by the seed (sha256 of seed and key), whole
+/// documents until at least `val_fraction` of the bytes, never all of them. Keeps 24 bytes per
+/// document, not the text. Returns the held-out indices and the bytes of the whole source.
+fn choose_validation(source: &Source, settings: &DataSettings) -> Result<(HashSet<usize>, u64), DataError> {
+    let mut docs: Vec<(u64, u64, usize)> = Vec::new(); // (order, bytes, index)
+    let mut total = 0u64;
+    for (i, doc) in source.documents()?.enumerate() {
+        let doc = doc?;
+        total += doc.text.len() as u64;
+        let h = Sha256::digest(format!("{}:{}", settings.split_seed, doc.key));
+        docs.push((u64::from_be_bytes(h[..8].try_into().expect("8 bytes")), doc.text.len() as u64, i));
+    }
+    if settings.val_fraction == 0.0 {
+        // A training-only source (a plan stage's data): nothing held out.
+        return Ok((HashSet::new(), total));
+    }
+    if docs.len() < 2 {
+        return Err(DataError::Source(format!(
+            "{} has {} document(s); a validation split needs at least 2",
+            settings.dataset,
+            docs.len()
+        )));
+    }
+    docs.sort_unstable();
+    let target = (total as f64 * settings.val_fraction).ceil() as u64;
+    let (mut held, mut chosen) = (0u64, HashSet::new());
+    for &(_, bytes, i) in &docs {
+        if held >= target || chosen.len() + 1 == docs.len() {
+            break;
+        }
+        held += bytes;
+        chosen.insert(i);
+    }
+    Ok((chosen, total))
+}
+
+fn build_cache(
+    settings: &DataSettings,
+    source: &Source,
+    dir: &Path,
+    progress: Progress,
+) -> Result<(), DataError> {
+    let (val_set, total_bytes) = choose_validation(source, settings)?;
+    let tokenizer = match settings.tokenizer.as_str() {
+        "bpe" => {
+            tracing::info!(dataset = %settings.dataset, vocab = settings.vocab_size, "training the BPE tokenizer (cached afterwards)");
+            let failure = Mutex::new(None);
+            let texts =
+                source.documents()?.enumerate().filter(|(i, _)| !val_set.contains(i)).map_while(|(_, d)| {
+                    match d {
+                        Ok(d) => Some(d.text),
+                        Err(e) => {
+                            *failure.lock().expect("lock") = Some(e);
+                            None
+                        }
+                    }
+                });
+            let special: Vec<&str> = settings.special_tokens.split_whitespace().collect();
+            let tokenizer = train_bpe(texts, settings.vocab_size, &special)?;
+            if let Some(e) = failure.into_inner().expect("lock") {
+                return Err(e);
+            }
+            tokenizer
+        }
+        path => Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer(format!("{path}: {e}")))?,
     };
-    let train = encode(&split.train)?;
-    let val = encode(&split.val)?;
+    let eot = tokenizer.token_to_id(END_OF_TEXT);
+    let vocab_size = tokenizer.get_vocab_size(true);
+    let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
     let json = tokenizer.to_string(false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-    let manifest = DataManifest {
-        settings: settings.clone(),
-        corpus_fingerprint: corpus.fingerprint.clone(),
-        tokenizer_fingerprint: hex(&Sha256::digest(json.as_bytes())),
-        vocab_size: tokenizer.get_vocab_size(true),
-        train_tokens: train.len(),
-        val_tokens: val.len(),
-        val_documents: split.val.iter().map(|d| d.id.clone()).collect(),
-        val_fingerprint: hex(&Sha256::digest(val.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())),
-    };
+
     // Write into a fresh folder beside the target and rename it into place, so a reader never
     // sees half a cache and two processes preparing the same data do not collide.
     let parent = dir.parent().expect("cache dir has a parent");
     fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
     let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), unique()));
     fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    write(&tmp.join("tokenizer.json"), json.as_bytes())?;
-    write_tokens(&tmp.join("tokens.bin"), &train, &val, manifest.vocab_size)?;
+    let mut train = TokenWriter::create(&tmp.join("train.tokens"), width)?;
+    let mut val = TokenWriter::create(&tmp.join("val.tokens"), width)?;
+    let mut val_hash = Sha256::new();
+    let (mut done, mut counts) = (0u64, (0usize, 0usize));
+    let mut val_keys = Vec::new();
+    // Documents wait here until about CHUNK bytes are gathered, then are encoded in parallel as
+    // pieces of at most PIECE bytes: memory stays bounded however large a document is.
+    let mut chunk: Vec<(usize, String)> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let mut flush = |chunk: &mut Vec<(usize, String)>, done: &mut u64| -> Result<(), DataError> {
+        let pieces: Vec<(usize, &str)> =
+            chunk.iter().enumerate().flat_map(|(d, (_, text))| pieces(text).map(move |p| (d, p))).collect();
+        let encodings = tokenizer
+            .encode_batch_fast(pieces.iter().map(|p| p.1).collect::<Vec<_>>(), false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let mut ids: Vec<Vec<u32>> = vec![Vec::new(); chunk.len()];
+        for ((d, _), enc) in pieces.iter().zip(encodings) {
+            ids[*d].extend_from_slice(enc.get_ids());
+        }
+        for ((i, text), mut ids) in chunk.iter().zip(ids) {
+            ids.extend(eot);
+            if val_set.contains(i) {
+                ids.iter().for_each(|t| val_hash.update(t.to_le_bytes()));
+                val.push(&ids)?;
+                counts.1 += 1;
+            } else {
+                train.push(&ids)?;
+                counts.0 += 1;
+            }
+            *done += text.len() as u64;
+        }
+        chunk.clear();
+        progress("tokenising", *done, total_bytes);
+        Ok(())
+    };
+    for (i, doc) in source.documents()?.enumerate() {
+        let doc = doc?;
+        if val_set.contains(&i) && val_keys.len() < LISTED {
+            val_keys.push(doc.key);
+        }
+        chunk_bytes += doc.text.len();
+        chunk.push((i, doc.text));
+        if chunk_bytes >= CHUNK {
+            flush(&mut chunk, &mut done)?;
+            chunk_bytes = 0;
+        }
+    }
+    flush(&mut chunk, &mut done)?;
+    let manifest = DataManifest {
+        settings: settings.clone(),
+        source_fingerprint: source.fingerprint()?,
+        tokenizer_fingerprint: hex(&Sha256::digest(json.as_bytes())),
+        vocab_size,
+        width,
+        train_tokens: train.finish()?,
+        val_tokens: val.finish()?,
+        train_document_count: counts.0,
+        val_document_count: counts.1,
+        val_documents: val_keys,
+        val_fingerprint: hex(&val_hash.finalize()),
+    };
+    fs::write(tmp.join("tokenizer.json"), json.as_bytes()).map_err(|e| DataError::io(&tmp, e))?;
     let meta = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    write(&tmp.join("meta.json"), &meta)?;
+    fs::write(tmp.join("meta.json"), meta).map_err(|e| DataError::io(&tmp, e))?;
     if fs::rename(&tmp, dir).is_err() {
         // Another process finished first; its cache is identical by construction.
         let _ = fs::remove_dir_all(&tmp);
@@ -178,108 +330,109 @@ fn build_cache(settings: &DataSettings, corpus: &Corpus, dir: &Path) -> Result<(
     Ok(())
 }
 
+/// Text gathered before encoding, and the largest piece encoded at once.
+const CHUNK: usize = 8 << 20;
+const PIECE: usize = 64 << 10;
+
+/// `text` cut into pieces of about `PIECE` bytes, each cut just after a newline that a
+/// non-space character follows: GPT-2's pre-tokenisation always splits there, so encoding the
+/// pieces gives the same ids as encoding the whole.
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let bytes = rest.as_bytes();
+        let mut cut = rest.len();
+        if rest.len() > PIECE {
+            let mut at = PIECE;
+            while at + 1 < bytes.len() {
+                if bytes[at - 1] == b'\n' && !bytes[at].is_ascii_whitespace() && rest.is_char_boundary(at) {
+                    cut = at;
+                    break;
+                }
+                at += 1;
+            }
+        }
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 fn unique() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-fn write_tokens(path: &Path, train: &[u32], val: &[u32], vocab_size: usize) -> Result<(), DataError> {
-    let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
-    let mut out = Vec::with_capacity(28 + (train.len() + val.len()) * width as usize);
-    out.extend_from_slice(TOKENS_MAGIC);
-    out.extend_from_slice(&width.to_le_bytes());
-    out.extend_from_slice(&(train.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(val.len() as u64).to_le_bytes());
-    for &t in train.iter().chain(val) {
-        if width == 2 {
-            out.extend_from_slice(&(t as u16).to_le_bytes());
-        } else {
-            out.extend_from_slice(&t.to_le_bytes());
-        }
-    }
-    write(path, &out)
-}
-
-fn read_tokens(path: &Path) -> Result<(Vec<u32>, Vec<u32>), DataError> {
-    let bytes = read(path)?;
-    let corrupt = || {
-        DataError::Corrupt(format!(
-            "{} is not a token cache; delete its folder to rebuild it",
-            path.display()
-        ))
-    };
-    if bytes.len() < 28 || &bytes[..8] != TOKENS_MAGIC {
-        return Err(corrupt());
-    }
-    let width = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    let n_train = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
-    let n_val = u64::from_le_bytes(bytes[20..28].try_into().unwrap()) as usize;
-    let body = &bytes[28..];
-    if !(width == 2 || width == 4) || body.len() != (n_train + n_val) * width {
-        return Err(corrupt());
-    }
-    let ids: Vec<u32> = body
-        .chunks_exact(width)
-        .map(|c| {
-            if width == 2 {
-                u16::from_le_bytes([c[0], c[1]]) as u32
-            } else {
-                u32::from_le_bytes(c.try_into().unwrap())
-            }
-        })
-        .collect();
-    let (train, val) = ids.split_at(n_train);
-    Ok((train.to_vec(), val.to_vec()))
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, DataError> {
-    let mut f = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(|e| DataError::io(path, e))?;
-    Ok(buf)
-}
-
-fn write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let mut f = fs::File::create(path).map_err(|e| DataError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| DataError::io(path, e))?;
-    f.sync_all().map_err(|e| DataError::io(path, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings(vocab: usize) -> DataSettings {
-        DataSettings { dataset: "shakespeare".into(), vocab_size: vocab, val_fraction: 0.1, split_seed: 0 }
+    pub(crate) fn settings(dataset: &str, vocab: usize) -> DataSettings {
+        DataSettings {
+            dataset: dataset.into(),
+            vocab_size: vocab,
+            val_fraction: 0.1,
+            split_seed: 0,
+            tokenizer: "bpe".into(),
+            special_tokens: String::new(),
+        }
     }
 
     #[test]
     fn bpe_training_is_deterministic_and_round_trips_text() {
         let texts =
             ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind to suffer"];
-        let a = train_bpe(texts.iter().copied().cycle().take(40), 300).unwrap();
-        let b = train_bpe(texts.iter().copied().cycle().take(40), 300).unwrap();
+        let a = train_bpe(texts.iter().copied().cycle().take(40), 300, &["<|user|>"]).unwrap();
+        let b = train_bpe(texts.iter().copied().cycle().take(40), 300, &["<|user|>"]).unwrap();
         assert_eq!(a.to_string(false).unwrap(), b.to_string(false).unwrap());
         assert_eq!(a.token_to_id(END_OF_TEXT), Some(0));
+        assert_eq!(a.token_to_id("<|user|>"), Some(1));
         let ids = a.encode("To be, or not", false).unwrap().get_ids().to_vec();
         assert_eq!(a.decode(&ids, false).unwrap(), "To be, or not");
     }
 
     #[test]
+    fn encoding_in_pieces_gives_the_ids_of_the_whole() {
+        let text: String = (0..4000)
+            .map(|i| match i % 4 {
+                0 => format!("ROMEO {i}:\n"),
+                1 => "  But soft, what light through yonder window breaks?\n\n".to_owned(),
+                2 => "\tIt is the east, and Juliet is the sun.  \n".to_owned(),
+                _ => "Arise, fair sun, and kill the envious moon, \u{e9}t\u{e9}.\n".to_owned(),
+            })
+            .collect();
+        let parts: Vec<&str> = pieces(&text).collect();
+        assert!(parts.len() > 2 && parts.concat() == text);
+        let tokenizer = train_bpe(std::iter::once(text.as_str()), 400, &[]).unwrap();
+        let whole = tokenizer.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+        let joined: Vec<u32> =
+            parts.iter().flat_map(|p| tokenizer.encode_fast(*p, false).unwrap().get_ids().to_vec()).collect();
+        assert_eq!(joined, whole);
+    }
+
+    #[test]
     fn prepared_data_is_cached_and_reloaded_unchanged() {
         let root = tempfile::tempdir().unwrap();
-        let first = PreparedData::prepare(&settings(512), root.path()).unwrap();
+        let first = PreparedData::prepare(&settings("shakespeare", 512), root.path()).unwrap();
         assert!(first.manifest.vocab_size <= 512 && first.manifest.vocab_size > 256);
+        assert_eq!(first.manifest.val_document_count, 4);
+        assert_eq!(first.manifest.train_document_count, 38);
         assert!(first.train.len() > 10 * first.val.len() / 2);
-        assert!(first.train.iter().chain(&first.val).all(|&t| (t as usize) < first.manifest.vocab_size));
-        let again = PreparedData::prepare(&settings(512), root.path()).unwrap();
+        assert!(first.train.to_vec().iter().all(|&t| (t as usize) < first.manifest.vocab_size));
+        let again = PreparedData::prepare(&settings("shakespeare", 512), root.path()).unwrap();
         assert_eq!(first.dir, again.dir);
-        assert_eq!(first.train, again.train);
+        assert_eq!(first.train.to_vec(), again.train.to_vec());
         // A different setting never reuses the cache.
-        let other =
-            PreparedData::prepare(&DataSettings { split_seed: 1, ..settings(512) }, root.path()).unwrap();
+        let other = PreparedData::prepare(
+            &DataSettings { split_seed: 1, ..settings("shakespeare", 512) },
+            root.path(),
+        )
+        .unwrap();
         assert_ne!(first.dir, other.dir);
         // A damaged cache is reported, not used.
-        std::fs::write(first.dir.join("tokens.bin"), b"LMHTOKS1 short").unwrap();
-        assert!(matches!(PreparedData::load(&first.dir), Err(DataError::Corrupt(_))));
+        std::fs::write(first.dir.join("train.tokens"), b"LMH").unwrap();
+        assert!(PreparedData::load(&first.dir).is_err());
     }
 }

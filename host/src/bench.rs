@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use datasets::PreparedData;
 use plugin_api::RunSpec;
 
 use crate::config::{resolve_arm, Override, Request};
@@ -48,7 +47,8 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     arm.model = plugin.resolve_model_config(&arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = arm.run_config()?;
     let cache = args.cache_dir.clone().unwrap_or_else(crate::cli::default_cache_dir);
-    let data = PreparedData::prepare(&config.data_settings(), &cache).context("cannot prepare the data")?;
+    let data =
+        crate::events::prepare_data(&config.data_settings(), &cache).context("cannot prepare the data")?;
     let spec = RunSpec {
         device: config.device.as_str().into(),
         dtype: config.dtype.as_str().into(),
@@ -72,7 +72,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     let mut rates = Vec::new();
     for step in 1..=args.warmup + args.steps {
         let t0 = Instant::now();
-        let (stats, _) = optimizer_step(&mut model, &data.train, &config, step, config.lr)
+        let (stats, _) = optimizer_step(&mut model, &[(&data.train, 1.0)], &config, step, config.lr)
             .map_err(|(call, e)| anyhow::anyhow!("{call}: {e}"))?;
         let rate = stats.tokens as f64 / t0.elapsed().as_secs_f64();
         if step > args.warmup {

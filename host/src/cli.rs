@@ -28,7 +28,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train an experiment and the built-in baseline on the same data, seed and token budget.
+    /// Lists (lr=3e-4,6e-4) or seeds=N make it a sweep.
     Run(RunArgs),
+    /// Run a sweep here (as `run` with lists does) or write it as a Slurm job array (--emit slurm).
+    Sweep(SweepArgs),
     /// Build every plugin and run the value-norm experiment against the baseline (tiny preset, embedded corpus).
     Demo {
         /// key=value overrides, as for `run` (e.g. steps=50).
@@ -73,8 +76,48 @@ struct RunArgs {
     /// Train only the experiment, no baseline arm.
     #[arg(long)]
     no_baseline: bool,
+    /// In a sweep, pair the lists by position instead of taking every combination.
+    #[arg(long)]
+    zip: bool,
+    /// List the runs (and which are already finished) without training anything.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+impl RunArgs {
+    fn sweep(&self, source: PluginSource) -> Result<crate::sweep::Sweep> {
+        Ok(crate::sweep::Sweep {
+            source,
+            preset: self.common.preset.clone(),
+            device: self.common.device.clone(),
+            points: crate::sweep::expand(&self.overrides, self.zip)?,
+            runs_root: self.common.runs_dir.clone(),
+            cache_dir: self.common.cache_dir(),
+            no_baseline: self.no_baseline,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Write the sweep as a job script instead of running it here.
+    #[arg(long, value_enum)]
+    emit: Option<Emit>,
+    /// Where the job script goes [default: <sweep name>.sbatch].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    slurm: crate::sweep::SlurmOptions,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Emit {
+    /// A Slurm job array, one task per run, and `lmhost compare` after it.
+    Slurm,
 }
 
 #[derive(clap::Args)]
@@ -161,7 +204,9 @@ pub fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let command = Cli::command().mut_subcommand("run", |c| c.after_long_help(config_help()));
+    let command = Cli::command()
+        .mut_subcommand("run", |c| c.after_long_help(config_help()))
+        .mut_subcommand("sweep", |c| c.after_long_help(config_help()));
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -184,6 +229,9 @@ fn dispatch(command: Command) -> Result<bool> {
     match command {
         Command::Run(args) => {
             let source = workspace::resolve_plugin_arg(&args.plugin)?;
+            if crate::sweep::is_sweep(&args.overrides) {
+                return args.sweep(source)?.run(args.dry_run);
+            }
             orchestrate::run(&RunPlan {
                 request: args.common.request(&args.overrides)?,
                 source,
@@ -191,7 +239,30 @@ fn dispatch(command: Command) -> Result<bool> {
                 cache_dir: args.common.cache_dir(),
                 retrain_baseline: args.common.retrain_baseline,
                 no_baseline: args.no_baseline,
+                reuse_finished: false,
+                dry_run: args.dry_run,
             })
+        }
+        Command::Sweep(args) => {
+            let source = workspace::resolve_plugin_arg(&args.run.plugin)?;
+            let sweep = args.run.sweep(source)?;
+            match args.emit {
+                None => sweep.run(args.run.dry_run),
+                Some(Emit::Slurm) => {
+                    let (script, tasks) = sweep.slurm_script(&std::env::current_exe()?, &args.slurm)?;
+                    let out =
+                        args.out.clone().unwrap_or_else(|| PathBuf::from(format!("{}.sbatch", sweep.name())));
+                    std::fs::write(&out, script)
+                        .with_context(|| format!("cannot write {}", out.display()))?;
+                    println!(
+                        "wrote {} ({} runs); submit it with: bash {}",
+                        out.display(),
+                        tasks,
+                        out.display()
+                    );
+                    Ok(true)
+                }
+            }
         }
         Command::Demo { overrides, common } => {
             let folder = demo_plugin_folder()?;
@@ -203,6 +274,8 @@ fn dispatch(command: Command) -> Result<bool> {
                 cache_dir: common.cache_dir(),
                 retrain_baseline: common.retrain_baseline,
                 no_baseline: false,
+                reuse_finished: false,
+                dry_run: false,
             })
         }
         Command::Compare(args) => crate::report_cmd::compare_command(&args),

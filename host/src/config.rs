@@ -64,14 +64,22 @@ lmhost_kit::knobs! {
         pub device: String = "cpu".to_owned(),
         /// f32 or bf16.
         pub dtype: String = "f32".to_owned(),
-        /// Corpus to train on (shakespeare is embedded).
+        /// Corpus: shakespeare (embedded), text:PATH (file, folder or glob), jsonl:PATH#field,
+        /// parquet:PATH#column or arrow:PATH#column (Hugging Face `datasets` files).
         pub dataset: String = "shakespeare".to_owned(),
+        /// bpe trains a byte-level BPE on the training documents; a path loads that tokenizer.json.
+        pub tokenizer: String = "bpe".to_owned(),
+        /// Extra special tokens for a trained tokenizer, separated by spaces (<|endoftext|> is always id 0).
+        pub special_tokens: String = String::new(),
         /// Requested BPE vocabulary size, special tokens included.
         pub vocab_size: usize = 4096,
         /// Fraction of the corpus held out for validation, by whole documents.
         pub val_fraction: f64 = 0.1,
         /// Fixes which documents are held out.
         pub split_seed: u64 = 0,
+        /// A training plan (TOML or JSON): stages of data mixtures, token budgets and schedules.
+        /// The number of steps then follows from the plan; dataset still fixes tokenizer and validation set.
+        pub plan: String = String::new(),
     }
 }
 
@@ -114,6 +122,8 @@ impl RunConfig {
             vocab_size: self.vocab_size,
             val_fraction: self.val_fraction,
             split_seed: self.split_seed,
+            tokenizer: self.tokenizer.clone(),
+            special_tokens: self.special_tokens.clone(),
         }
     }
 }

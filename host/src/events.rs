@@ -27,6 +27,9 @@ pub enum Event {
         lr: f64,
         tokens_per_s: f64,
         eta_s: f64,
+        /// The plan stage of this step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<String>,
     },
     Finished {
         result: RunResult,
@@ -82,10 +85,11 @@ impl ArmView {
                     self.start_bar(*steps);
                 }
             }
-            Event::Progress { step, steps, loss, val_loss, lr, tokens_per_s, eta_s } => {
+            Event::Progress { step, steps, loss, val_loss, lr, tokens_per_s, eta_s, stage } => {
                 let val = val_loss.map(|v| format!(" val:{v:.3}")).unwrap_or_default();
+                let stage = stage.as_ref().map(|s| format!("stage:{s} ")).unwrap_or_default();
                 let fields = format!(
-                    "loss:{loss:.3}{val} lr:{lr:.1e} tok/s:{} eta:{}",
+                    "{stage}loss:{loss:.3}{val} lr:{lr:.1e} tok/s:{} eta:{}",
                     human(*tokens_per_s),
                     duration(*eta_s)
                 );
@@ -125,6 +129,45 @@ impl ArmView {
             None => println!("{text}"),
         }
     }
+}
+
+/// Prepares a dataset, showing how far tokenising has come: a byte bar on a terminal, a plain
+/// `data:` line every ~10% otherwise (nothing when the cache already exists).
+pub fn prepare_data(
+    settings: &datasets::DataSettings,
+    cache_root: &std::path::Path,
+) -> Result<datasets::PreparedData, datasets::DataError> {
+    let interactive = std::io::stderr().is_terminal();
+    let bar = std::sync::Mutex::new(None::<ProgressBar>);
+    let last_tenth = std::sync::atomic::AtomicU64::new(0);
+    let progress = |what: &str, done: u64, total: u64| {
+        if interactive {
+            let mut bar = bar.lock().expect("lock");
+            let bar = bar.get_or_insert_with(|| {
+                let b = ProgressBar::new(total);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                b.set_prefix(what.to_owned());
+                b
+            });
+            bar.set_position(done);
+        } else {
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
+            if tenth > last_tenth.swap(tenth, std::sync::atomic::Ordering::Relaxed) {
+                println!("data:{what} {}B/{}B", human(done as f64), human(total as f64));
+            }
+        }
+    };
+    let prepared = datasets::PreparedData::prepare_with(settings, cache_root, &progress);
+    if let Some(bar) = bar.into_inner().expect("lock") {
+        bar.finish_and_clear();
+    }
+    prepared
 }
 
 /// 2100 → `2.1k`, 7.9e6 → `7.9M`.
@@ -176,6 +219,7 @@ mod tests {
             lr: 1e-3,
             tokens_per_s: 10.0,
             eta_s: 1.0,
+            stage: None,
         };
         let line = serde_json::to_string(&e).unwrap();
         assert!(line.starts_with(r#"{"event":"progress""#));

@@ -5,7 +5,7 @@
 //! crashes while loading (a truncated file), panics or dies mid-run takes only that process.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{resolve_arm, unknown_key_error, ArmConfig, Request, RunConfig};
 use crate::events::{duration, human, ArmView, Event};
+use crate::plan::{Plan, PlanRecord};
 use crate::plugin::{Plugin, PluginDescription, PluginSource};
 use crate::run_store::{
     self, Arm, DataRecord, Derived, HostRecord, PluginRecord, RunRecord, RunStore, Status,
@@ -30,6 +31,19 @@ pub struct RunPlan {
     pub retrain_baseline: bool,
     /// Train only the experiment.
     pub no_baseline: bool,
+    /// Skip every arm (not only the baseline) whose finished twin is already in `runs_dir`:
+    /// how a sweep started again passes over the runs it finished before.
+    pub reuse_finished: bool,
+    /// Print what would train and what is already finished; write and train nothing.
+    pub dry_run: bool,
+}
+
+/// What [`train`] left behind.
+pub struct Trained {
+    /// One run folder per arm, trained now or reused.
+    pub dirs: Vec<PathBuf>,
+    /// Every arm finished.
+    pub all_ok: bool,
 }
 
 /// An arm ready to train (or already trained, when reused).
@@ -119,33 +133,72 @@ struct PlannedArm {
 }
 
 pub fn run(plan: &RunPlan) -> Result<bool> {
-    let planned = resolve_arms(plan)?;
-    let run_config = planned[0].config.run_config()?;
+    let trained = train(plan)?;
+    if plan.dry_run {
+        return Ok(true);
+    }
+    let name = trained.dirs.last().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned());
+    report(&trained.dirs, &name.unwrap_or_default());
+    Ok(trained.all_ok)
+}
+
+/// Writes the comparison report over `dirs` and prints its path; a report that cannot be
+/// written is a note, not a failure of the runs.
+pub fn report(dirs: &[PathBuf], name: &str) {
+    match crate::report_cmd::report_after_run(dirs, name) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => {
+            eprintln!("note: no report written: {}", format!("{e:#}").lines().next().unwrap_or_default())
+        }
+    }
+}
+
+/// Resolves the arms, prepares the data, writes each run folder and trains each arm (or, for a
+/// dry run, only says what would happen), then prints the arms' table.
+pub fn train(plan: &RunPlan) -> Result<Trained> {
+    let mut planned = resolve_arms(plan)?;
+    let mut run_config = planned[0].config.run_config()?;
     check_device(&run_config.device)?;
-    let data = PreparedData::prepare(&run_config.data_settings(), &plan.cache_dir)
+    let data = crate::events::prepare_data(&run_config.data_settings(), &plan.cache_dir)
         .with_context(|| format!("cannot prepare dataset `{}`", run_config.dataset))?;
+    let stages = match run_config.plan.as_str() {
+        "" => None,
+        file => {
+            if plan.request.overrides.iter().any(|o| o.key == "steps") {
+                bail!("steps follows from the plan's token budgets; leave steps out when plan= is given");
+            }
+            let record = prepare_plan(Path::new(file), &run_config, &data, &plan.cache_dir)?;
+            run_config.steps = record.stages.iter().map(|s| s.steps).sum();
+            for arm in &mut planned {
+                arm.config.run.insert("steps".into(), run_config.steps.into());
+            }
+            Some(record)
+        }
+    };
     let derived = Derived {
         tokens_per_step: run_config.tokens_per_step(),
         accumulation: run_config.accumulation(),
         total_tokens: run_config.tokens_per_step() * run_config.steps,
         vocab_size: data.manifest.vocab_size,
     };
-    print_plan(&run_config, &data, &derived);
-    let mut arms = create_runs(plan, planned, &data, &derived)?;
+    if !plan.dry_run {
+        print_plan(&run_config, &data, &derived);
+    }
+    if let Some(p) = &stages {
+        for s in &p.stages {
+            println!("stage:{} steps:{}..{}", s.name, s.first_step, s.first_step + s.steps - 1);
+        }
+    }
+    let mut arms = create_runs(plan, planned, &data, stages.as_ref(), &derived)?;
     let mut all_ok = true;
+    if plan.dry_run {
+        return Ok(Trained { dirs: arms.into_iter().map(|a| a.dir).collect(), all_ok });
+    }
     for arm in arms.iter_mut().filter(|a| !a.reused) {
         all_ok &= train_arm(arm)?;
     }
     print_summary(&arms);
-    let dirs: Vec<PathBuf> = arms.iter().map(|a| a.dir.clone()).collect();
-    let name = arms.last().map(|a| a.record.id.clone()).unwrap_or_default();
-    match crate::report_cmd::report_after_run(&dirs, &name) {
-        Ok(path) => println!("report: {}", path.display()),
-        Err(e) => {
-            eprintln!("note: no report written: {}", format!("{e:#}").lines().next().unwrap_or_default())
-        }
-    }
-    Ok(all_ok)
+    Ok(Trained { dirs: arms.iter().map(|a| a.dir.clone()).collect(), all_ok })
 }
 
 /// Both arms' configs: the experiment's through a probe process, the baseline's in-process.
@@ -234,12 +287,12 @@ fn check_same_footing(a: &PlannedArm, b: &PlannedArm) -> Result<()> {
 /// The numbers derived once from the config, printed before anything trains.
 fn print_plan(c: &RunConfig, data: &PreparedData, derived: &Derived) {
     println!(
-        "data:{} vocab:{} train_tokens:{} val_tokens:{} (held-out works: {})",
+        "data:{} vocab:{} train_tokens:{} val_tokens:{} (held-out documents: {})",
         c.dataset,
         derived.vocab_size,
         human(data.manifest.train_tokens as f64),
         human(data.manifest.val_tokens as f64),
-        data.manifest.val_documents.len()
+        data.manifest.val_document_count
     );
     println!(
         "tokens per step will be {} = {} sequences × {} tokens ({} micro-batches of {}); {} steps = {} tokens per arm",
@@ -254,11 +307,13 @@ fn print_plan(c: &RunConfig, data: &PreparedData, derived: &Derived) {
 }
 
 /// One run folder per arm, written before anything trains; a finished baseline with the same
-/// fingerprint is reused instead.
+/// fingerprint (in a sweep, any finished arm) is reused instead. A dry run prints each arm's
+/// overrides and whether it would train, and writes nothing.
 fn create_runs(
     plan: &RunPlan,
     planned: Vec<PlannedArm>,
     data: &PreparedData,
+    stages: Option<&PlanRecord>,
     derived: &Derived,
 ) -> Result<Vec<ArmRun>> {
     let store = RunStore::new(&plan.runs_dir);
@@ -266,16 +321,34 @@ fn create_runs(
     let comparing = planned.len() > 1;
     let mut runs = Vec::new();
     for p in planned {
-        let record =
+        let mut record =
             new_record(p.arm, &p.description, &p.source, &p.request, p.config, &data_record, derived)?;
-        let reuse = (p.arm == Arm::Baseline && comparing && !plan.retrain_baseline)
-            .then(|| store.find_finished(&record.fingerprint))
-            .flatten();
+        if let Some(stages) = stages {
+            record.plan = Some(stages.clone());
+            record.fingerprint = record.compute_fingerprint();
+        }
+        let reusable = plan.reuse_finished || (p.arm == Arm::Baseline && comparing && !plan.retrain_baseline);
+        let reuse = reusable.then(|| store.find_finished(&record.fingerprint)).flatten();
+        if plan.dry_run {
+            let overrides: Vec<String> =
+                p.request.overrides.iter().map(|o| format!("{}={}", o.key, o.value)).collect();
+            let variant =
+                record.plugin.variant.as_deref().map(|v| format!(" variant={v}")).unwrap_or_default();
+            let what = match &reuse {
+                Some((dir, _)) => format!("finished: {}", dir.display()),
+                None => "to train".to_owned(),
+            };
+            println!("dry-run arm:{}{variant} {} ({what})", p.label, overrides.join(" "));
+            runs.push(ArmRun { label: p.label, dir: PathBuf::new(), record, reused: true });
+            continue;
+        }
         runs.push(match reuse {
             Some((dir, record)) => {
                 println!(
-                    "arm:baseline reusing {} (same config, data and host; --retrain-baseline trains it again)",
-                    dir.display()
+                    "arm:{} reusing {} (same config, data and host{})",
+                    p.label,
+                    dir.display(),
+                    if p.arm == Arm::Baseline { "; --retrain-baseline trains it again" } else { "" }
                 );
                 ArmRun { label: p.label, dir, record, reused: true }
             }
@@ -283,6 +356,46 @@ fn create_runs(
         });
     }
     Ok(runs)
+}
+
+/// Reads the plan and tokenises every stage source with the run's tokenizer (training-only:
+/// the run's `dataset` keeps the validation set, and a stage that names it reads its training
+/// split).
+fn prepare_plan(file: &Path, run: &RunConfig, data: &PreparedData, cache_dir: &Path) -> Result<PlanRecord> {
+    let plan = Plan::load(file)?;
+    let mut caches = Vec::new();
+    for stage in &plan.stages {
+        let mut dirs = Vec::new();
+        for source in &stage.data {
+            if source.source == run.dataset {
+                // The run's own data: its training split, never its held-out documents.
+                dirs.push(data.dir.clone());
+                continue;
+            }
+            let settings = datasets::DataSettings {
+                dataset: source.source.clone(),
+                val_fraction: 0.0,
+                tokenizer: data.tokenizer_path().display().to_string(),
+                special_tokens: String::new(),
+                ..run.data_settings()
+            };
+            let prepared = crate::events::prepare_data(&settings, cache_dir).with_context(|| {
+                format!("cannot prepare `{}` of plan stage `{}`", source.source, stage.name)
+            })?;
+            if prepared.train.len() <= run.context_length + 1 {
+                bail!(
+                    "`{}` of plan stage `{}` has {} tokens, fewer than one training window",
+                    source.source,
+                    stage.name,
+                    prepared.train.len()
+                );
+            }
+            dirs.push(prepared.dir);
+        }
+        caches.push(dirs);
+    }
+    let stages = plan.spans(run.tokens_per_step(), caches);
+    Ok(PlanRecord { file: std::path::absolute(file).unwrap_or(file.to_owned()), plan, stages })
 }
 
 /// Refuses a device this build or this machine does not have, before anything is written.
@@ -332,6 +445,7 @@ fn new_record(
         request: request.clone(),
         config,
         data: data.clone(),
+        plan: None,
         derived: derived.clone(),
         fingerprint: String::new(),
         result: None,

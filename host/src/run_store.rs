@@ -140,6 +140,9 @@ pub struct RunRecord {
     pub request: Request,
     pub config: ArmConfig,
     pub data: DataRecord,
+    /// The training plan, when the run follows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::plan::PlanRecord>,
     pub derived: Derived,
     /// Identifies what was trained (config, data, plugin): equal fingerprints, equal runs.
     pub fingerprint: String,
@@ -154,6 +157,7 @@ impl RunRecord {
             "plugin": [&self.plugin.name, &self.plugin.version, &self.plugin.variant, &self.plugin.sha256],
             "data": [&self.data.manifest.tokenizer_fingerprint, &self.data.manifest.val_fingerprint, self.data.manifest.train_tokens],
             "host": [&self.host.version, &self.host.binary_sha256],
+            "plan": self.plan.as_ref().map(|p| (&p.plan, &p.stages)),
         });
         hex(&Sha256::digest(identity.to_string()))
     }

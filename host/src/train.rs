@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RSlice, RStr};
 use anyhow::{Context, Result};
-use datasets::{train_batch, validation_windows, PreparedData};
+use datasets::{mixed_batch, validation_windows, PreparedData};
 use plugin_api::{BatchStats, ModelBox, RunSpec, StepSettings, TokenBatch};
 use reports::{Split, StatsRow, StatsWriter};
 
@@ -78,10 +78,63 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord) -> Result<()> {
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
     let stats = StatsWriter::create(&dir.join("stats.arrows"), &stats_identity(record))?;
-    let mut training = Training::new(dir, config, model, &data, stats, &plugin.description.name);
+    let val_ids = validation_windows(&data.val, config.eval_windows, config.context_length);
+    let stages = stages(record, &config, data.train)?;
+    let mut training = Training::new(dir, config, model, stages, val_ids, stats, &plugin.description.name);
     let result = training.run(record);
     training.stats.take().map(|s| s.finish()).transpose()?;
     result
+}
+
+/// A stretch of steps with one data mixture and one schedule: the whole run, or a plan stage.
+struct StageRun {
+    /// The plan's name for it (none without a plan).
+    name: Option<String>,
+    first_step: u64,
+    schedule: LrSchedule,
+    /// Training streams and their mixing weights.
+    streams: Vec<(datasets::Tokens, f64)>,
+}
+
+/// The run's stages: its plan's, each source loaded from its token cache, or one stage over
+/// the run's own training stream.
+fn stages(record: &RunRecord, config: &RunConfig, train: datasets::Tokens) -> Result<Vec<StageRun>> {
+    let Some(p) = &record.plan else {
+        return Ok(vec![StageRun {
+            name: None,
+            first_step: 1,
+            schedule: LrSchedule::new(config),
+            streams: vec![(train, 1.0)],
+        }]);
+    };
+    p.stages
+        .iter()
+        .enumerate()
+        .map(|(i, span)| {
+            let streams = span
+                .caches
+                .iter()
+                .zip(&p.plan.stages[i].data)
+                .map(|(cache, source)| {
+                    let data = PreparedData::load(cache)?;
+                    if data.manifest.tokenizer_fingerprint != record.data.manifest.tokenizer_fingerprint {
+                        anyhow::bail!("{} was tokenised with another tokenizer", cache.display());
+                    }
+                    Ok((data.train, source.weight))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(StageRun {
+                name: Some(span.name.clone()),
+                first_step: span.first_step,
+                schedule: p.plan.schedule(i, config, span.steps)?,
+                streams,
+            })
+        })
+        .collect()
+}
+
+fn stage_of(stages: &[StageRun], step: u64) -> &StageRun {
+    stages.iter().rev().find(|s| s.first_step <= step).unwrap_or(&stages[0])
 }
 
 /// The run's identity, kept in the stats file's schema metadata.
@@ -104,7 +157,7 @@ fn stats_identity(record: &RunRecord) -> String {
 /// when the loss is not finite). An error names the plugin call that failed.
 pub fn optimizer_step(
     model: &mut ModelBox,
-    train: &[u32],
+    train: &[(&datasets::Tokens, f64)],
     c: &RunConfig,
     step: u64,
     lr: f64,
@@ -113,7 +166,7 @@ pub fn optimizer_step(
     let loss_scale = 1.0 / c.tokens_per_step() as f64;
     let mut total = BatchStats::default();
     for micro in 0..c.accumulation() as u64 {
-        let ids = train_batch(train, c.seed, step - 1, micro, rows, c.context_length);
+        let ids = mixed_batch(train, c.seed, step - 1, micro, rows, c.context_length);
         let batch = TokenBatch { ids: RSlice::from_slice(&ids), rows: rows as u32, cols: cols as u32 };
         let s =
             model.forward_backward(batch, loss_scale).into_result().map_err(|e| ("forward_backward", e))?;
@@ -132,9 +185,8 @@ pub fn optimizer_step(
 struct Training<'a> {
     dir: &'a Path,
     config: RunConfig,
-    schedule: LrSchedule,
+    stages: Vec<StageRun>,
     model: ModelBox,
-    data: &'a PreparedData,
     val_ids: Vec<u32>,
     stats: Option<StatsWriter>,
     plugin_name: String,
@@ -149,17 +201,17 @@ impl<'a> Training<'a> {
         dir: &'a Path,
         config: RunConfig,
         model: ModelBox,
-        data: &'a PreparedData,
+        stages: Vec<StageRun>,
+        val_ids: Vec<u32>,
         stats: StatsWriter,
         plugin_name: &str,
     ) -> Self {
         Self {
             dir,
-            schedule: LrSchedule::new(&config),
-            val_ids: validation_windows(&data.val, config.eval_windows, config.context_length),
+            stages,
+            val_ids,
             config,
             model,
-            data,
             stats: Some(stats),
             plugin_name: plugin_name.to_owned(),
             started: Instant::now(),
@@ -179,6 +231,17 @@ impl<'a> Training<'a> {
             s.flush()?;
         }
         Ok(())
+    }
+
+    /// The stage of 1-based `step` (step 0, before training, belongs to the first).
+    fn stage(&self, step: u64) -> &StageRun {
+        stage_of(&self.stages, step)
+    }
+
+    /// The learning rate of 1-based `step` (step 0: the first step's).
+    fn lr(&self, step: u64) -> f64 {
+        let stage = self.stage(step.max(1));
+        stage.schedule.lr(step.max(1) - stage.first_step)
     }
 
     fn plugin_error(&self, call: &str, e: plugin_api::PluginError) -> Stop {
@@ -231,7 +294,8 @@ impl<'a> Training<'a> {
                     steps,
                     loss,
                     val_loss: evaluated.or(result.val_loss),
-                    lr: self.schedule.lr(step - 1),
+                    lr: self.lr(step),
+                    stage: self.stage(step).name.clone(),
                     tokens_per_s: interval.1 as f64 / interval.0.as_secs_f64().max(1e-9),
                     eta_s: elapsed / step as f64 * (steps - step) as f64,
                 });
@@ -248,8 +312,11 @@ impl<'a> Training<'a> {
     /// One optimiser step, recorded in the stats.
     fn train_step(&mut self, step: u64) -> Result<(f64, Duration)> {
         let t0 = Instant::now();
-        let lr = self.schedule.lr(step - 1);
-        let (total, grad_norm) = optimizer_step(&mut self.model, &self.data.train, &self.config, step, lr)
+        let lr = self.lr(step);
+        let stage = stage_of(&self.stages, step);
+        let (name, streams) =
+            (stage.name.clone(), stage.streams.iter().map(|(t, w)| (t, *w)).collect::<Vec<_>>());
+        let (total, grad_norm) = optimizer_step(&mut self.model, &streams, &self.config, step, lr)
             .map_err(|(call, e)| self.plugin_error(call, e))?;
         let loss = total.loss_sum / total.tokens.max(1) as f64;
         let step_time = t0.elapsed();
@@ -262,12 +329,16 @@ impl<'a> Training<'a> {
             lr: Some(lr),
             grad_norm: Some(grad_norm),
             tokens_per_s: Some(total.tokens as f64 / step_time.as_secs_f64().max(1e-9)),
+            stage: name.clone(),
             ..StatsRow::at(step, self.tokens, wall, Split::Train)
         });
         let metrics =
             self.model.extra_metrics().into_result().map_err(|e| self.plugin_error("extra_metrics", e))?;
         for m in metrics.iter() {
-            self.push(StatsRow::metric(step, self.tokens, wall, m.name.as_str(), m.value));
+            self.push(StatsRow {
+                stage: name.clone(),
+                ..StatsRow::metric(step, self.tokens, wall, m.name.as_str(), m.value)
+            });
         }
         if !loss.is_finite() || !grad_norm.is_finite() {
             let what = if loss.is_finite() { "gradient norm" } else { "training loss" };
@@ -300,7 +371,8 @@ impl<'a> Training<'a> {
         let row = StatsRow {
             loss: Some(loss),
             accuracy: Some(accuracy),
-            lr: Some(self.schedule.lr(step.saturating_sub(1))),
+            lr: Some(self.lr(step)),
+            stage: self.stage(step).name.clone(),
             ..StatsRow::at(step, self.tokens, self.started.elapsed().as_secs_f64(), Split::Val)
         };
         self.push(row);

@@ -172,7 +172,12 @@ pub struct Summary {
 
 pub struct Comparison {
     pub groups: Vec<Group>,
+    /// The one group everything is compared against, when there is one.
     pub baseline: Option<usize>,
+    /// Each group's reference: the baseline, or, when several baseline configurations are
+    /// compared at once (a sweep over lr, say), the one whose settings match the group's.
+    /// `None` for a reference group itself.
+    pub reference: Vec<Option<usize>>,
     pub options: CompareOptions,
     /// Things the reader must know, said once at the top of the report.
     pub notes: Vec<String>,
@@ -203,7 +208,11 @@ impl Comparison {
         }
         let groups = group_replicates(runs);
         let baseline = find_baseline(&groups, &options, &mut notes)?;
-        Ok(Self { groups, baseline, options, notes })
+        let reference = match baseline {
+            Some(b) => (0..groups.len()).map(|i| (i != b).then_some(b)).collect(),
+            None => match_baselines(&groups, &mut notes),
+        };
+        Ok(Self { groups, baseline, reference, options, notes })
     }
 
     /// Every extra metric any run logged, by name.
@@ -273,7 +282,7 @@ impl Comparison {
 
     /// `group − baseline` of the mean curves, on the group's x values inside the baseline's range.
     pub fn difference(&self, group: usize, metric: &Metric) -> Points {
-        let Some(b) = self.baseline else {
+        let Some(b) = self.reference[group] else {
             return Vec::new();
         };
         let base: Points = self.curve(b, metric).mean.iter().map(|p| (p.0, p.1)).collect();
@@ -284,6 +293,16 @@ impl Comparison {
             .collect()
     }
 
+    /// Whether a group is what others are compared against.
+    pub fn is_reference(&self, group: usize) -> bool {
+        self.baseline == Some(group) || self.reference.contains(&Some(group))
+    }
+
+    /// Whether any group has a reference to be drawn against.
+    pub fn has_differences(&self) -> bool {
+        self.reference.iter().any(Option::is_some)
+    }
+
     /// The summary table: final validation loss per group, and its test against the baseline.
     pub fn summaries(&self) -> Vec<Summary> {
         self.groups
@@ -292,7 +311,7 @@ impl Comparison {
             .map(|(i, g)| {
                 let losses = g.final_val_losses();
                 let accuracies: Vec<f64> = g.runs.iter().filter_map(|r| r.final_val().map(|v| v.1)).collect();
-                let is_baseline = self.baseline == Some(i);
+                let is_baseline = self.is_reference(i);
                 let mut s = Summary {
                     label: g.label.clone(),
                     n: losses.len(),
@@ -305,13 +324,13 @@ impl Comparison {
                     difference: None,
                     ci95: None,
                     p_value: None,
-                    verdict: match (is_baseline, self.baseline) {
+                    verdict: match (is_baseline, self.reference[i]) {
                         (true, _) => "baseline".into(),
                         (false, Some(_)) => String::new(),
                         (false, None) => "no baseline to test against (pass --baseline RUN)".into(),
                     },
                 };
-                if let (Some(b), false) = (self.baseline, is_baseline) {
+                if let Some(b) = self.reference[i] {
                     self.test_against(g, &self.groups[b], &mut s);
                 }
                 s
@@ -455,13 +474,39 @@ fn find_baseline(
             notes.push("no baseline run among these; pass --baseline RUN to see differences".into());
             Ok(None)
         }
-        _ => {
-            notes.push(format!(
-                "{} baseline configurations ({}); pass --baseline RUN to choose the one to compare against",
-                baselines.len(),
-                baselines.iter().map(|&i| groups[i].label.as_str()).collect::<Vec<_>>().join(", ")
-            ));
-            Ok(None)
-        }
+        _ => Ok(None),
     }
+}
+
+/// With several baseline configurations: each other group's reference is the baseline group
+/// that differs from it in the fewest settings they share (a tie leaves it without one).
+fn match_baselines(groups: &[Group], notes: &mut Vec<String>) -> Vec<Option<usize>> {
+    let baselines: Vec<usize> =
+        (0..groups.len()).filter(|&i| groups[i].runs.iter().all(|r| r.arm == "baseline")).collect();
+    if baselines.len() < 2 {
+        return vec![None; groups.len()];
+    }
+    let distance = |a: &Group, b: &Group| {
+        a.config.iter().filter(|(k, v)| b.config.get(*k).is_some_and(|w| w != *v)).count()
+    };
+    let reference: Vec<Option<usize>> = (0..groups.len())
+        .map(|i| {
+            if baselines.contains(&i) {
+                return None;
+            }
+            let mut by_distance: Vec<(usize, usize)> =
+                baselines.iter().map(|&b| (distance(&groups[i], &groups[b]), b)).collect();
+            by_distance.sort();
+            match by_distance[..] {
+                [(d0, b), (d1, _), ..] if d0 < d1 => Some(b),
+                _ => None,
+            }
+        })
+        .collect();
+    notes.push(format!(
+        "{} baseline configurations ({}): each group is compared with the baseline whose settings match its own; pass --baseline RUN to compare all with one",
+        baselines.len(),
+        baselines.iter().map(|&i| groups[i].label.as_str()).collect::<Vec<_>>().join(", ")
+    ));
+    reference
 }

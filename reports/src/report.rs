@@ -62,7 +62,7 @@ pub fn title(c: &Comparison) -> String {
         .groups
         .iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i) != c.baseline)
+        .filter(|(i, _)| !c.is_reference(*i))
         .map(|(_, g)| g.label.as_str())
         .collect();
     match (c.baseline, others.is_empty()) {
@@ -87,7 +87,7 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
         "val_loss".into(),
         figure(Metric::ValLoss.title(), "nats/token", false, curves(c, &Metric::ValLoss)),
     )];
-    if c.baseline.is_some() && c.groups.len() > 1 {
+    if c.has_differences() {
         out.push((
             "val_loss_vs_baseline".into(),
             figure(
@@ -109,7 +109,7 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
             curves(c, &Metric::TrainLoss),
         ),
     ));
-    if c.baseline.is_some() && c.groups.len() > 1 {
+    if c.has_differences() {
         out.push((
             "train_loss_vs_baseline".into(),
             figure(
@@ -172,7 +172,7 @@ fn curves(c: &Comparison, metric: &Metric) -> Vec<Series> {
 
 fn differences(c: &Comparison, metric: &Metric) -> Vec<Series> {
     (0..c.groups.len())
-        .filter(|&i| Some(i) != c.baseline)
+        .filter(|&i| c.reference[i].is_some())
         .map(|i| Series {
             label: c.groups[i].label.clone(),
             color: PALETTE[i % PALETTE.len()].into(),

@@ -1,7 +1,7 @@
 //! The stats of a run: one Arrow schema, written as an IPC stream (`stats.arrows`) with one
 //! record batch per logging interval, so a killed run keeps everything it flushed.
 //!
-//! Columns (schema version 1; pyarrow, polars and DuckDB read the file as it is):
+//! Columns (schema version 2; pyarrow, polars and DuckDB read the file as it is):
 //!
 //! | column | type | meaning |
 //! | --- | --- | --- |
@@ -16,6 +16,7 @@
 //! | `tokens_per_s` | float64 | training throughput over the last logging interval |
 //! | `metric` | utf8 | name of a plugin's extra metric; null on loss rows |
 //! | `value` | float64 | the extra metric's value |
+//! | `stage` | utf8 | the training plan's stage (null without a plan); new in version 2 |
 //!
 //! Extra metrics are stored long: one row per (step, metric), with the loss columns null.
 //! Schema metadata: `lmhost.stats_version` and `lmhost.run` (the run's identity as JSON).
@@ -32,7 +33,7 @@ use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 
 /// The schema version this build writes; readers refuse newer ones.
-pub const STATS_VERSION: u32 = 1;
+pub const STATS_VERSION: u32 = 2;
 pub const VERSION_KEY: &str = "lmhost.stats_version";
 pub const RUN_KEY: &str = "lmhost.run";
 
@@ -77,6 +78,8 @@ pub struct StatsRow {
     pub tokens_per_s: Option<f64>,
     pub metric: Option<String>,
     pub value: Option<f64>,
+    /// The plan stage the row belongs to.
+    pub stage: Option<String>,
 }
 
 impl StatsRow {
@@ -94,6 +97,7 @@ impl StatsRow {
             tokens_per_s: None,
             metric: None,
             value: None,
+            stage: None,
         }
     }
 
@@ -123,6 +127,7 @@ pub fn schema(metadata: HashMap<String, String>) -> Schema {
         f("tokens_per_s", DataType::Float64, true),
         f("metric", DataType::Utf8, true),
         f("value", DataType::Float64, true),
+        f("stage", DataType::Utf8, true),
     ])
     .with_metadata(metadata)
 }
@@ -202,6 +207,7 @@ fn to_batch(schema: &Arc<Schema>, rows: &[StatsRow]) -> Result<RecordBatch, Arro
         opt(|r| r.tokens_per_s),
         Arc::new(rows.iter().map(|r| r.metric.as_deref()).collect::<StringArray>()) as ArrayRef,
         opt(|r| r.value),
+        Arc::new(rows.iter().map(|r| r.stage.as_deref()).collect::<StringArray>()) as ArrayRef,
     ];
     RecordBatch::try_new(schema.clone(), columns)
 }
@@ -269,6 +275,8 @@ fn from_batch(b: &RecordBatch) -> Result<Vec<StatsRow>, String> {
     let (loss, acc, lr, gn, tps, value) =
         (f("loss")?, f("accuracy")?, f("lr")?, f("grad_norm")?, f("tokens_per_s")?, f("value")?);
     let metric = col::<StringArray>(b, "metric")?;
+    // Version 1 files have no stage column.
+    let stage = b.column_by_name("stage").and_then(|c| c.as_any().downcast_ref::<StringArray>());
     let get = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
     (0..b.num_rows())
         .map(|i| {
@@ -288,6 +296,7 @@ fn from_batch(b: &RecordBatch) -> Result<Vec<StatsRow>, String> {
                 tokens_per_s: get(tps, i),
                 metric: (!metric.is_null(i)).then(|| metric.value(i).to_owned()),
                 value: get(value, i),
+                stage: stage.filter(|s| !s.is_null(i)).map(|s| s.value(i).to_owned()),
             })
         })
         .collect()
@@ -364,5 +373,30 @@ mod tests {
         w.finish().unwrap();
         let err = read_stats(&path).unwrap_err();
         assert!(matches!(err, StatsError::FutureVersion { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn version_one_files_without_a_stage_column_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.arrows");
+        let current = schema(HashMap::new());
+        let v1_fields: Vec<Field> =
+            current.fields().iter().filter(|f| f.name() != "stage").map(|f| f.as_ref().clone()).collect();
+        let v1 =
+            Arc::new(Schema::new(v1_fields).with_metadata(HashMap::from([(VERSION_KEY.into(), "1".into())])));
+        let full =
+            to_batch(&Arc::new(current), &[StatsRow { stage: Some("warm".into()), ..row(1) }]).unwrap();
+        let batch =
+            RecordBatch::try_new(v1.clone(), full.columns()[..full.num_columns() - 1].to_vec()).unwrap();
+        let mut w = StreamWriter::try_new(File::create(&path).unwrap(), &v1).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        let s = read_stats(&path).unwrap();
+        assert_eq!(s.rows, vec![row(1)]);
+        // And the current version keeps the stage.
+        let mut w = StatsWriter::create(&path, "{}").unwrap();
+        w.push(StatsRow { stage: Some("warm".into()), ..row(1) });
+        w.finish().unwrap();
+        assert_eq!(read_stats(&path).unwrap().rows[0].stage.as_deref(), Some("warm"));
     }
 }

@@ -122,7 +122,12 @@ impl RunDir {
 
 /// Every run folder under `dir/runs`, oldest first.
 pub fn runs(dir: &Path) -> Vec<RunDir> {
-    let mut out: Vec<RunDir> = std::fs::read_dir(dir.join("runs"))
+    run_folders(&dir.join("runs"))
+}
+
+/// Every run folder directly under `folder`, oldest first.
+pub fn run_folders(folder: &Path) -> Vec<RunDir> {
+    let mut out: Vec<RunDir> = std::fs::read_dir(folder)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())

@@ -70,5 +70,5 @@ fn value_norm_and_the_baseline_train_side_by_side() {
         String::from_utf8_lossy(&py.stderr)
     );
     let rows = runs[1].stats().rows.len();
-    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("{rows} True 1"));
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("{rows} True 2"));
 }

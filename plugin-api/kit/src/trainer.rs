@@ -176,7 +176,9 @@ impl<E: Experiment> Trainer<E> {
     /// measured for it yet (the first micro-batch).
     fn metrics_due(&self) -> bool {
         let every = self.metrics_config.metrics_every;
-        every > 0 && (self.optimizer.steps() + 1).is_multiple_of(every) && self.grads.iter().all(Option::is_none)
+        every > 0
+            && (self.optimizer.steps() + 1).is_multiple_of(every)
+            && self.grads.iter().all(Option::is_none)
     }
 
     /// Metrics measured since the last call: the outlier kurtosis of every residual-stream state
