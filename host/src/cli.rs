@@ -59,9 +59,16 @@ enum Command {
     },
     /// Measure training throughput (tokens/s) and peak memory.
     Bench(crate::bench::BenchArgs),
+    /// Continue a run that stopped (interrupted, killed, failed) from its last checkpoint; its
+    /// stats are rewound to that checkpoint, so no step is counted twice.
+    Resume { run_dir: PathBuf },
     /// Train one arm in this process (started by `run`).
     #[command(hide = true)]
-    Worker { run_dir: PathBuf },
+    Worker {
+        run_dir: PathBuf,
+        #[arg(long)]
+        resume: bool,
+    },
     /// Load a plugin and resolve a request in this process (started by `run`).
     #[command(hide = true)]
     Probe { source: String, request: String },
@@ -226,6 +233,13 @@ fn one_line(s: &str) -> String {
 }
 
 fn dispatch(command: Command) -> Result<bool> {
+    match &command {
+        Command::Worker { .. } => crate::interrupt::install_for_worker(),
+        Command::Run(_) | Command::Demo { .. } | Command::Resume { .. } | Command::Sweep(_) => {
+            crate::interrupt::install_for_orchestrator()
+        }
+        _ => {}
+    }
     match command {
         Command::Run(args) => {
             let source = workspace::resolve_plugin_arg(&args.plugin)?;
@@ -288,9 +302,10 @@ fn dispatch(command: Command) -> Result<bool> {
             crate::memory::keep_freed_memory();
             crate::bench::bench(&args)
         }
-        Command::Worker { run_dir } => {
+        Command::Resume { run_dir } => orchestrate::resume(&run_dir),
+        Command::Worker { run_dir, resume } => {
             crate::memory::keep_freed_memory();
-            crate::train::run_worker(&run_dir)?;
+            crate::train::run_worker(&run_dir, resume)?;
             Ok(true)
         }
         Command::Probe { source, request } => {

@@ -5,6 +5,7 @@
 //! crashes while loading (a truncated file), panics or dies mid-run takes only that process.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -195,7 +196,10 @@ pub fn train(plan: &RunPlan) -> Result<Trained> {
         return Ok(Trained { dirs: arms.into_iter().map(|a| a.dir).collect(), all_ok });
     }
     for arm in arms.iter_mut().filter(|a| !a.reused) {
-        all_ok &= train_arm(arm)?;
+        if crate::interrupt::requested() {
+            break;
+        }
+        all_ok &= train_arm(arm, false)?;
     }
     print_summary(&arms);
     Ok(Trained { dirs: arms.iter().map(|a| a.dir.clone()).collect(), all_ok })
@@ -264,6 +268,9 @@ fn check_same_footing(a: &PlannedArm, b: &PlannedArm) -> Result<()> {
         "vocab_size",
         "val_fraction",
         "split_seed",
+        "tokenizer",
+        "special_tokens",
+        "plan",
         "seed",
         "steps",
         "batch_size",
@@ -398,6 +405,24 @@ fn prepare_plan(file: &Path, run: &RunConfig, data: &PreparedData, cache_dir: &P
     Ok(PlanRecord { file: std::path::absolute(file).unwrap_or(file.to_owned()), plan, stages })
 }
 
+/// `lmhost resume`: continues a run that did not finish from its last checkpoint, in a worker
+/// as `run` does, then prints its table and writes its report.
+pub fn resume(dir: &Path) -> Result<bool> {
+    let record = run_store::read_record(dir)?;
+    if record.status == Status::Finished {
+        bail!("{} already finished; `lmhost branch` or a new run trains further", dir.display());
+    }
+    let label = match record.arm {
+        Arm::Baseline => "baseline".to_owned(),
+        Arm::Experiment => record.plugin.name.clone(),
+    };
+    let mut arm = ArmRun { label, dir: dir.to_owned(), record, reused: false };
+    let ok = train_arm(&mut arm, true)?;
+    print_summary(std::slice::from_ref(&arm));
+    report(&[arm.dir.clone()], &arm.record.id);
+    Ok(ok)
+}
+
 /// Refuses a device this build or this machine does not have, before anything is written.
 fn check_device(device: &str) -> Result<()> {
     lmhost_kit::trainer::parse_device(device).map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
@@ -450,6 +475,7 @@ fn new_record(
         fingerprint: String::new(),
         result: None,
         error: None,
+        resumes: Vec::new(),
     };
     record.fingerprint = record.compute_fingerprint();
     Ok(record)
@@ -469,18 +495,26 @@ fn create_arm(store: &RunStore, label: &str, mut record: RunRecord) -> Result<Ar
 }
 
 /// Trains one arm in a worker process; false when it did not finish.
-fn train_arm(arm: &mut ArmRun) -> Result<bool> {
+fn train_arm(arm: &mut ArmRun, resume: bool) -> Result<bool> {
     let log_path = arm.dir.join("worker.log");
-    let log =
-        std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resume)
+        .write(true)
+        .truncate(!resume)
+        .open(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("worker")
         .arg(&arm.dir)
+        .args(resume.then_some("--resume"))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .context("cannot start an lmhost worker process")?;
+    crate::interrupt::set_worker(Some(child.id()));
     let mut view = ArmView::new(&arm.label);
     let mut stopped = None;
     for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
@@ -496,6 +530,7 @@ fn train_arm(arm: &mut ArmRun) -> Result<bool> {
         }
     }
     let status = child.wait()?;
+    crate::interrupt::set_worker(None);
     arm.record = run_store::read_record(&arm.dir)?;
     if status.success() && arm.record.status == Status::Finished {
         return Ok(true);

@@ -148,6 +148,17 @@ pub struct RunRecord {
     pub fingerprint: String,
     pub result: Option<RunResult>,
     pub error: Option<String>,
+    /// Each time the run was resumed: from which checkpoint, and how many stats rows measured
+    /// after it were dropped (their steps are trained again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumes: Vec<ResumeRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    pub at: String,
+    pub from_step: u64,
+    pub dropped_rows: usize,
 }
 
 impl RunRecord {

@@ -155,6 +155,10 @@ impl Sweep {
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut all_ok = true;
         for (i, point) in self.points.iter().enumerate() {
+            if crate::interrupt::requested() {
+                println!("sweep:interrupted; the same command continues it");
+                return Ok(false);
+            }
             println!("sweep:{}/{n} {}", i + 1, point.join(" "));
             let trained = orchestrate::train(&self.plan(point, dry_run)?)
                 .with_context(|| format!("sweep run {} ({})", i + 1, point.join(" ")))?;

@@ -24,19 +24,22 @@ pub enum Stop {
     Diverged(String),
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// Runs the arm described by `dir/run.json` to its end, keeping `run.json` and the stats
 /// current, and reporting progress as [`Event`]s on stdout.
-pub fn run_worker(dir: &Path) -> Result<()> {
+pub fn run_worker(dir: &Path, resume: bool) -> Result<()> {
     let mut record = run_store::read_record(dir)?;
     record.status = Status::Running;
     run_store::write_record(dir, &record)?;
-    let outcome = setup_and_train(dir, &mut record);
+    let outcome = setup_and_train(dir, &mut record, resume);
     let (status, error) = match &outcome {
         Ok(()) => (Status::Finished, None),
         Err(e) => match e.downcast_ref::<Stop>() {
             Some(Stop::Diverged(m)) => (Status::Diverged, Some(m.clone())),
+            Some(Stop::Interrupted(m)) => (Status::Interrupted, Some(m.clone())),
             _ => (Status::Failed, Some(format!("{e:#}"))),
         },
     };
@@ -55,7 +58,7 @@ pub fn run_worker(dir: &Path) -> Result<()> {
     }
 }
 
-fn setup_and_train(dir: &Path, record: &mut RunRecord) -> Result<()> {
+fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<()> {
     if let (PluginSource::Library { path }, Some(expected)) = (&record.plugin.source, &record.plugin.sha256) {
         if &run_store::sha256_file(path)? != expected {
             anyhow::bail!("{} changed since this run was set up; start a new run", path.display());
@@ -74,16 +77,99 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord) -> Result<()> {
         vocab_size: data.manifest.vocab_size as u32,
         context_length: config.context_length as u32,
     };
-    let model = plugin
+    let mut model = plugin
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
-    let stats = StatsWriter::create(&dir.join("stats.arrows"), &stats_identity(record))?;
+    let stats_path = dir.join("stats.arrows");
+    let (stats, start) = if resume {
+        resume_point(dir, record, &mut model, &config)?
+    } else {
+        (StatsWriter::create(&stats_path, &stats_identity(record))?, Start::default())
+    };
     let val_ids = validation_windows(&data.val, config.eval_windows, config.context_length);
     let stages = stages(record, &config, data.train)?;
-    let mut training = Training::new(dir, config, model, stages, val_ids, stats, &plugin.description.name);
+    let mut training = Training {
+        dir,
+        config,
+        stages,
+        model,
+        val_ids,
+        stats: Some(stats),
+        plugin_name: plugin.description.name.clone(),
+        started: Instant::now(),
+        train_time: Duration::ZERO,
+        tokens: start.tokens,
+        start,
+    };
     let result = training.run(record);
     training.stats.take().map(|s| s.finish()).transpose()?;
     result
+}
+
+/// Where training starts: at step 0, or where a resumed run's last checkpoint left it.
+#[derive(Default)]
+struct Start {
+    step: u64,
+    tokens: u64,
+    wall_s: f64,
+    /// The last validation loss and accuracy before it.
+    val: Option<(f64, f64)>,
+}
+
+/// Loads the last checkpoint into `model` and rewinds the stats to its step (rows measured after
+/// it are dropped and trained again, so no step is counted twice); records the rewind.
+fn resume_point(
+    dir: &Path,
+    record: &mut RunRecord,
+    model: &mut ModelBox,
+    config: &RunConfig,
+) -> Result<(StatsWriter, Start)> {
+    let step = match crate::restore::last_checkpoint(dir) {
+        Ok(checkpoint) => {
+            let state = std::fs::read(&checkpoint)
+                .with_context(|| format!("cannot read {}", checkpoint.display()))?;
+            model.load_state(RSlice::from_slice(&state)).into_result().map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a checkpoint of this run ({e}); delete it to resume from the one before",
+                    checkpoint.display()
+                )
+            })?;
+            checkpoint_step(&checkpoint)?
+        }
+        Err(_) => 0,
+    };
+    let stats_path = dir.join("stats.arrows");
+    // A stats file that cannot be read at all starts over; a torn one keeps its whole batches.
+    let rows = reports::read_stats(&stats_path).map(|s| s.rows).unwrap_or_default();
+    let total = rows.len();
+    let kept: Vec<StatsRow> =
+        if step == 0 { Vec::new() } else { rows.into_iter().filter(|r| r.step <= step).collect() };
+    record.resumes.push(run_store::ResumeRecord {
+        at: run_store::timestamp(),
+        from_step: step,
+        dropped_rows: total - kept.len(),
+    });
+    run_store::write_record(dir, record)?;
+    let start = Start {
+        step,
+        tokens: step * config.tokens_per_step(),
+        wall_s: kept.last().map_or(0.0, |r| r.wall_s),
+        val: kept
+            .iter()
+            .rev()
+            .find(|r| r.split == Split::Val && r.metric.is_none())
+            .and_then(|r| Some((r.loss?, r.accuracy?))),
+    };
+    Ok((StatsWriter::rewrite(&stats_path, &stats_identity(record), kept)?, start))
+}
+
+/// The step of `checkpoints/step_NNNNNN.safetensors`.
+fn checkpoint_step(path: &Path) -> Result<u64> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("step_"))
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{} is not named step_NNNNNN.safetensors", path.display()))
 }
 
 /// A stretch of steps with one data mixture and one schedule: the whole run, or a plan stage.
@@ -191,33 +277,17 @@ struct Training<'a> {
     stats: Option<StatsWriter>,
     plugin_name: String,
     started: Instant,
+    /// Where this session started (non-zero when resumed).
+    start: Start,
     /// Time spent in training steps only (no evaluation, no checkpoints).
     train_time: Duration,
     tokens: u64,
 }
 
 impl<'a> Training<'a> {
-    fn new(
-        dir: &'a Path,
-        config: RunConfig,
-        model: ModelBox,
-        stages: Vec<StageRun>,
-        val_ids: Vec<u32>,
-        stats: StatsWriter,
-        plugin_name: &str,
-    ) -> Self {
-        Self {
-            dir,
-            stages,
-            val_ids,
-            config,
-            model,
-            stats: Some(stats),
-            plugin_name: plugin_name.to_owned(),
-            started: Instant::now(),
-            train_time: Duration::ZERO,
-            tokens: 0,
-        }
+    /// Seconds since the run first started, across resumes.
+    fn wall(&self) -> f64 {
+        self.start.wall_s + self.started.elapsed().as_secs_f64()
     }
 
     fn push(&mut self, row: StatsRow) {
@@ -262,19 +332,24 @@ impl<'a> Training<'a> {
         let outcome = self.train_loop(steps, &mut result);
         // Whatever happened, keep every row measured so far.
         self.flush()?;
-        result.wall_s = self.started.elapsed().as_secs_f64();
+        result.wall_s = self.wall();
         result.tokens = self.tokens;
-        result.tokens_per_s = self.tokens as f64 / self.train_time.as_secs_f64().max(1e-9);
+        result.tokens_per_s =
+            (self.tokens - self.start.tokens) as f64 / self.train_time.as_secs_f64().max(1e-9);
         record.result = Some(result);
         outcome
     }
 
     fn train_loop(&mut self, steps: u64, result: &mut RunResult) -> Result<()> {
-        let (val_loss, val_acc) = self.evaluate(0)?;
+        let (val_loss, val_acc) = match self.start.val {
+            Some(val) if self.start.step > 0 => val,
+            _ => self.evaluate(0)?,
+        };
         result.val_loss = Some(val_loss);
         result.val_accuracy = Some(val_acc);
+        result.steps = self.start.step;
         let mut interval = (Duration::ZERO, 0u64);
-        for step in 1..=steps {
+        for step in self.start.step + 1..=steps {
             let (loss, step_time) = self.train_step(step)?;
             result.steps = step;
             interval.0 += step_time;
@@ -289,6 +364,7 @@ impl<'a> Training<'a> {
             if step % self.config.log_every == 0 || step == steps {
                 self.flush()?;
                 let elapsed = self.started.elapsed().as_secs_f64();
+                let done = step - self.start.step;
                 emit(&Event::Progress {
                     step,
                     steps,
@@ -297,12 +373,21 @@ impl<'a> Training<'a> {
                     lr: self.lr(step),
                     stage: self.stage(step).name.clone(),
                     tokens_per_s: interval.1 as f64 / interval.0.as_secs_f64().max(1e-9),
-                    eta_s: elapsed / step as f64 * (steps - step) as f64,
+                    eta_s: elapsed / done as f64 * (steps - step) as f64,
                 });
                 interval = (Duration::ZERO, 0);
             }
             if self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0 && step != steps {
                 self.checkpoint(step)?;
+            }
+            if crate::interrupt::requested() && step != steps {
+                self.flush()?;
+                result.last_checkpoint = Some(self.checkpoint(step)?);
+                return Err(Stop::Interrupted(format!(
+                    "interrupted after step {step} (checkpoint written); `lmhost resume {}` continues it",
+                    self.dir.display()
+                ))
+                .into());
             }
         }
         result.last_checkpoint = Some(self.checkpoint(steps)?);
@@ -322,7 +407,7 @@ impl<'a> Training<'a> {
         let step_time = t0.elapsed();
         self.train_time += step_time;
         self.tokens += total.tokens;
-        let wall = self.started.elapsed().as_secs_f64();
+        let wall = self.wall();
         self.push(StatsRow {
             loss: Some(loss),
             accuracy: Some(total.correct as f64 / total.tokens.max(1) as f64),
@@ -373,7 +458,7 @@ impl<'a> Training<'a> {
             accuracy: Some(accuracy),
             lr: Some(self.lr(step)),
             stage: self.stage(step).name.clone(),
-            ..StatsRow::at(step, self.tokens, self.started.elapsed().as_secs_f64(), Split::Val)
+            ..StatsRow::at(step, self.tokens, self.wall(), Split::Val)
         };
         self.push(row);
         if !loss.is_finite() {

@@ -149,6 +149,18 @@ impl StatsWriter {
         Ok(Self { writer: Some(writer), schema, pending: Vec::new() })
     }
 
+    /// Replaces the file at `path` with `rows` (written to a temporary file, then renamed into
+    /// place, so a crash leaves the old file or the new one) and keeps appending to it: how a
+    /// resumed run drops the rows measured after its checkpoint.
+    pub fn rewrite(path: &Path, run: &str, rows: Vec<StatsRow>) -> Result<Self, StatsError> {
+        let tmp = path.with_extension("arrows.tmp");
+        let mut writer = Self::create(&tmp, run)?;
+        writer.pending = rows;
+        writer.flush()?;
+        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+        Ok(writer)
+    }
+
     pub fn push(&mut self, row: StatsRow) {
         self.pending.push(row);
     }
