@@ -56,6 +56,10 @@ lmhost_kit::knobs! {
         pub eval_windows: usize = 32,
         /// Write a checkpoint every N steps; 0 writes only the final one.
         pub checkpoint_every: u64 = 0,
+        /// Keep only the last N step checkpoints (0 keeps them all).
+        pub keep_checkpoints: u64 = 0,
+        /// Also keep checkpoints/best.safetensors: the state at the lowest validation loss so far.
+        pub keep_best: bool = false,
         /// Print progress and flush stats every N steps.
         pub log_every: u64 = 10,
         /// Seeds initialisation and data order; the same for both arms.

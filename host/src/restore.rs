@@ -107,6 +107,7 @@ pub fn last_checkpoint(dir: &Path) -> Result<PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
                 .collect()
         })
         .unwrap_or_default();

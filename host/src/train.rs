@@ -99,6 +99,7 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         started: Instant::now(),
         train_time: Duration::ZERO,
         tokens: start.tokens,
+        best_val: start.best_val,
         start,
     };
     let result = training.run(record);
@@ -107,13 +108,20 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
 }
 
 /// Where training starts: at step 0, or where a resumed run's last checkpoint left it.
-#[derive(Default)]
 struct Start {
     step: u64,
     tokens: u64,
     wall_s: f64,
     /// The last validation loss and accuracy before it.
     val: Option<(f64, f64)>,
+    /// The lowest validation loss after step 0 before it.
+    best_val: f64,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Self { step: 0, tokens: 0, wall_s: 0.0, val: None, best_val: f64::INFINITY }
+    }
 }
 
 /// Loads the last checkpoint into `model` and rewinds the stats to its step (rows measured after
@@ -159,6 +167,11 @@ fn resume_point(
             .rev()
             .find(|r| r.split == Split::Val && r.metric.is_none())
             .and_then(|r| Some((r.loss?, r.accuracy?))),
+        best_val: kept
+            .iter()
+            .filter(|r| r.split == Split::Val && r.metric.is_none() && r.step > 0)
+            .filter_map(|r| r.loss)
+            .fold(f64::INFINITY, f64::min),
     };
     Ok((StatsWriter::rewrite(&stats_path, &stats_identity(record), kept)?, start))
 }
@@ -279,6 +292,8 @@ struct Training<'a> {
     started: Instant,
     /// Where this session started (non-zero when resumed).
     start: Start,
+    /// The lowest validation loss after step 0 (for `keep_best`).
+    best_val: f64,
     /// Time spent in training steps only (no evaluation, no checkpoints).
     train_time: Duration,
     tokens: u64,
@@ -468,6 +483,7 @@ impl<'a> Training<'a> {
             ))
             .into());
         }
+        self.keep_if_best(step, loss)?;
         Ok((loss, accuracy))
     }
 
@@ -489,6 +505,37 @@ impl<'a> Training<'a> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = format!("step_{step:06}.safetensors");
         write_atomic(&dir.join(&name), &bytes)?;
+        if self.config.keep_checkpoints > 0 {
+            let mut older: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
+                .collect();
+            older.sort();
+            let keep = self.config.keep_checkpoints as usize;
+            for path in &older[..older.len().saturating_sub(keep)] {
+                std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
         Ok(format!("checkpoints/{name}"))
+    }
+
+    /// With `keep_best`, saves the state as `checkpoints/best.safetensors` when `loss` is the
+    /// lowest validation loss so far.
+    fn keep_if_best(&mut self, step: u64, loss: f64) -> Result<()> {
+        if !self.config.keep_best || step == 0 || loss >= self.best_val {
+            return Ok(());
+        }
+        self.best_val = loss;
+        let metadata =
+            serde_json::json!({ "lmhost.step": step.to_string(), "lmhost.val_loss": loss.to_string() });
+        let bytes = self
+            .model
+            .save_state(RStr::from_str(&metadata.to_string()))
+            .into_result()
+            .map_err(|e| self.plugin_error("save_state", e))?;
+        let dir = self.dir.join("checkpoints");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(&dir.join("best.safetensors"), &bytes)
     }
 }

@@ -145,3 +145,33 @@ fn ctrl_c_checkpoints_marks_the_run_interrupted_and_resume_finishes_it() {
     let steps: Vec<u64> = run.stats().split(reports::Split::Train).map(|r| r.step).collect();
     assert_eq!(steps, (1..=120).collect::<Vec<_>>(), "every step once");
 }
+
+#[test]
+fn checkpoints_keep_the_last_n_and_the_best() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", "baseline", "steps=6", "checkpoint_every=1", "eval_every=1"];
+    args.extend(SMALL_MODEL);
+    args.extend(["keep_checkpoints=2", "keep_best=true"]);
+    let ran = built().lmhost(dir.path(), &args);
+    assert!(ran.success(), "{}", ran.stderr());
+    let run = &runs(dir.path())[0];
+    let mut names: Vec<String> = std::fs::read_dir(run.path.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["best.safetensors", "step_000005.safetensors", "step_000006.safetensors"]);
+    // best.safetensors says in its header which step it holds: the lowest validation loss.
+    let bytes = std::fs::read(run.path.join("checkpoints/best.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let best_step: u64 = header["__metadata__"]["lmhost.step"].as_str().unwrap().parse().unwrap();
+    let val: Vec<(u64, f64)> = run
+        .stats()
+        .split(reports::Split::Val)
+        .filter(|r| r.step > 0)
+        .map(|r| (r.step, r.loss.unwrap()))
+        .collect();
+    let lowest = val.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    assert_eq!(best_step, lowest.0, "{val:?}");
+}
