@@ -62,6 +62,18 @@ enum Command {
     /// Continue a run that stopped (interrupted, killed, failed) from its last checkpoint; its
     /// stats are rewound to that checkpoint, so no step is counted twice.
     Resume { run_dir: PathBuf },
+    /// Start children from a run's checkpoint at a step; they differ in data order (seed) or in
+    /// the host keys given.
+    Branch {
+        run_dir: PathBuf,
+        /// The parent's checkpoint step to start from.
+        #[arg(long)]
+        at: u64,
+        #[arg(long, default_value_t = 2)]
+        children: u64,
+        /// Host key=value overrides for every child (seed=S numbers them S, S+1, …).
+        overrides: Vec<String>,
+    },
     /// Train one arm in this process (started by `run`).
     #[command(hide = true)]
     Worker {
@@ -235,9 +247,11 @@ fn one_line(s: &str) -> String {
 fn dispatch(command: Command) -> Result<bool> {
     match &command {
         Command::Worker { .. } => crate::interrupt::install_for_worker(),
-        Command::Run(_) | Command::Demo { .. } | Command::Resume { .. } | Command::Sweep(_) => {
-            crate::interrupt::install_for_orchestrator()
-        }
+        Command::Run(_)
+        | Command::Demo { .. }
+        | Command::Resume { .. }
+        | Command::Branch { .. }
+        | Command::Sweep(_) => crate::interrupt::install_for_orchestrator(),
         _ => {}
     }
     match command {
@@ -303,6 +317,10 @@ fn dispatch(command: Command) -> Result<bool> {
             crate::bench::bench(&args)
         }
         Command::Resume { run_dir } => orchestrate::resume(&run_dir),
+        Command::Branch { run_dir, at, children, overrides } => {
+            let overrides = overrides.iter().map(|o| o.parse()).collect::<Result<Vec<Override>>>()?;
+            orchestrate::branch(&run_dir, at, children, &overrides)
+        }
         Command::Worker { run_dir, resume } => {
             crate::memory::keep_freed_memory();
             crate::train::run_worker(&run_dir, resume)?;

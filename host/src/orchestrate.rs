@@ -423,6 +423,85 @@ pub fn resume(dir: &Path) -> Result<bool> {
     Ok(ok)
 }
 
+/// `lmhost branch`: children that start from the parent's checkpoint at `step` and differ in
+/// data order (seed) or in the host keys overridden; each trains as a resumed run, then one
+/// report covers the parent and its children.
+pub fn branch(
+    parent: &Path,
+    step: u64,
+    children: u64,
+    overrides: &[crate::config::Override],
+) -> Result<bool> {
+    let record = run_store::read_record(parent)?;
+    let checkpoint = parent.join(format!("checkpoints/step_{step:06}.safetensors"));
+    if !checkpoint.is_file() {
+        let mut have: Vec<String> = std::fs::read_dir(parent.join("checkpoints"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+            })
+            .unwrap_or_default();
+        have.sort();
+        bail!(
+            "{} has no checkpoint at step {step} (it has: {}); train the parent with checkpoint_every=N",
+            parent.display(),
+            if have.is_empty() { "none".to_owned() } else { have.join(", ") }
+        );
+    }
+    let host_fields = RunConfig::fields();
+    if let Some(o) = overrides.iter().find(|o| !host_fields.iter().any(|f| f.name == o.key)) {
+        bail!("{}: a branch keeps its parent's model; only host keys (seed, lr, steps, …) can change", o.key);
+    }
+    let parent_seed = record.config.run_config()?.seed;
+    let given_seed = overrides.iter().find(|o| o.key == "seed");
+    let store = RunStore::new(parent.parent().unwrap_or(Path::new(".")));
+    let mut arms = Vec::new();
+    for i in 0..children {
+        let mut child = record.clone();
+        for o in overrides.iter().filter(|o| o.key != "seed") {
+            let field = host_fields.iter().find(|f| f.name == o.key).expect("checked above");
+            child.config.run.insert(o.key.clone(), crate::config::typed_value(field, &o.value)?);
+        }
+        let seed = match given_seed {
+            Some(o) => {
+                o.value.parse::<u64>().with_context(|| format!("seed={}: expected an integer", o.value))? + i
+            }
+            None => parent_seed + 1 + i,
+        };
+        child.config.run.insert("seed".into(), seed.into());
+        child.config.run_config()?.check()?;
+        child.status = Status::Pending;
+        child.created_at = run_store::timestamp();
+        (child.result, child.error, child.resumes) = (None, None, Vec::new());
+        child.branch = Some(run_store::BranchRecord { parent: std::path::absolute(parent)?, step });
+        child.fingerprint = child.compute_fingerprint();
+        let (id, dir) = store.create_dir(&record.plugin.name, record.plugin.variant.as_deref(), seed)?;
+        child.id = id;
+        std::fs::create_dir_all(dir.join("checkpoints"))?;
+        for (from, to) in [
+            (checkpoint.clone(), dir.join(format!("checkpoints/step_{step:06}.safetensors"))),
+            (parent.join("stats.arrows"), dir.join("stats.arrows")),
+            (parent.join("tokenizer.json"), dir.join("tokenizer.json")),
+        ] {
+            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        }
+        run_store::write_record(&dir, &child)?;
+        println!("branch:{} seed:{seed} from step {step} run:{}", i + 1, dir.display());
+        arms.push(ArmRun { label: format!("child{}", i + 1), dir, record: child, reused: false });
+    }
+    let mut all_ok = true;
+    for arm in &mut arms {
+        if crate::interrupt::requested() {
+            break;
+        }
+        all_ok &= train_arm(arm, true)?;
+    }
+    print_summary(&arms);
+    let dirs: Vec<PathBuf> =
+        std::iter::once(parent.to_owned()).chain(arms.iter().map(|a| a.dir.clone())).collect();
+    report(&dirs, &format!("{}-branch-{step}", record.id));
+    Ok(all_ok)
+}
+
 /// Refuses a device this build or this machine does not have, before anything is written.
 fn check_device(device: &str) -> Result<()> {
     lmhost_kit::trainer::parse_device(device).map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
@@ -476,6 +555,7 @@ fn new_record(
         result: None,
         error: None,
         resumes: Vec::new(),
+        branch: None,
     };
     record.fingerprint = record.compute_fingerprint();
     Ok(record)

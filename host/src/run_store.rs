@@ -152,6 +152,15 @@ pub struct RunRecord {
     /// after it were dropped (their steps are trained again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumes: Vec<ResumeRecord>,
+    /// The run this one branched from (`lmhost branch`), and at which step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<BranchRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BranchRecord {
+    pub parent: PathBuf,
+    pub step: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

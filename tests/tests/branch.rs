@@ -1,0 +1,42 @@
+//! `lmhost branch`: children start from the parent's checkpoint and differ only in data order.
+
+use lmhost_tests::{built, runs, SMALL_MODEL};
+
+#[test]
+fn children_share_the_parents_past_and_differ_in_their_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", "baseline", "steps=6", "checkpoint_every=3", "eval_every=3"];
+    args.extend(SMALL_MODEL);
+    assert!(built().lmhost(dir.path(), &args).success());
+    let parent = runs(dir.path())[0].path.clone();
+
+    let missing = built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "4"]);
+    assert!(!missing.success());
+    assert!(
+        missing.stderr().contains("no checkpoint at step 4 (it has: step_000003"),
+        "{}",
+        missing.stderr()
+    );
+    let model = built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "3", "n_layer=2"]);
+    assert!(model.stderr().contains("a branch keeps its parent's model"), "{}", model.stderr());
+
+    let ran =
+        built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "3", "--children", "2"]);
+    assert!(ran.success(), "{}", ran.stderr());
+    let all = runs(dir.path());
+    assert_eq!(all.len(), 3);
+    let losses = |i: usize| -> Vec<(u64, Option<f64>)> {
+        all[i].stats().split(reports::Split::Train).map(|r| (r.step, r.loss)).collect()
+    };
+    let (p, a, b) = (losses(0), losses(1), losses(2));
+    assert_eq!((a.len(), b.len()), (6, 6));
+    assert_eq!(a[..3], p[..3], "the shared past");
+    assert_eq!(b[..3], p[..3]);
+    assert_ne!(a[3..], p[3..], "another data order");
+    assert_ne!(a[3..], b[3..]);
+    for (child, seed) in [(&all[1], 2), (&all[2], 3)] {
+        assert_eq!(child.status(), "finished");
+        assert_eq!(child.record["branch"]["step"], 3);
+        assert_eq!(child.record["config"]["run"]["seed"], seed);
+    }
+}
