@@ -62,6 +62,8 @@ enum Command {
     /// Continue a run that stopped (interrupted, killed, failed) from its last checkpoint; its
     /// stats are rewound to that checkpoint, so no step is counted twice.
     Resume { run_dir: PathBuf },
+    /// Linear mode connectivity: evaluate (1 − α)·A + α·B along α, print the loss barrier.
+    Interpolate(crate::interpolate::InterpolateArgs),
     /// Start children from a run's checkpoint at a step; they differ in data order (seed) or in
     /// the host keys given.
     Branch {
@@ -317,6 +319,7 @@ fn dispatch(command: Command) -> Result<bool> {
             crate::bench::bench(&args)
         }
         Command::Resume { run_dir } => orchestrate::resume(&run_dir),
+        Command::Interpolate(args) => crate::interpolate::interpolate_command(&args),
         Command::Branch { run_dir, at, children, overrides } => {
             let overrides = overrides.iter().map(|o| o.parse()).collect::<Result<Vec<Override>>>()?;
             orchestrate::branch(&run_dir, at, children, &overrides)

@@ -12,6 +12,7 @@ pub mod config;
 pub mod events;
 pub mod export_cmd;
 pub mod generate_cmd;
+pub mod interpolate;
 pub mod interrupt;
 pub mod memory;
 pub mod orchestrate;

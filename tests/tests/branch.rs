@@ -40,3 +40,45 @@ fn children_share_the_parents_past_and_differ_in_their_future() {
         assert_eq!(child.record["config"]["run"]["seed"], seed);
     }
 }
+
+#[test]
+fn interpolating_two_children_measures_the_path_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", "baseline", "steps=4", "checkpoint_every=2", "eval_every=2"];
+    args.extend(SMALL_MODEL);
+    assert!(built().lmhost(dir.path(), &args).success());
+    let parent = runs(dir.path())[0].path.clone();
+    assert!(built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "2"]).success());
+    let all = runs(dir.path());
+    let (a, b) = (all[1].path.to_str().unwrap(), all[2].path.to_str().unwrap());
+    let ran = built().lmhost(
+        dir.path(),
+        &["interpolate", a, b, "--points", "5", "--windows", "16", "--split", "both", "--out", "lmc"],
+    );
+    assert!(ran.success(), "{}", ran.stderr());
+    let out = ran.stdout();
+    assert!(out.contains("barrier:val ") && out.contains("barrier:train "), "{out}");
+    let table = arrow_ipc::reader::StreamReader::try_new(
+        std::fs::File::open(dir.path().join("lmc/interpolation.arrows")).unwrap(),
+        None,
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
+    assert_eq!(table.num_rows(), 10);
+    let loss =
+        table.column_by_name("loss").unwrap().as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+    // α = 0 and α = 1 are the children themselves: their own final validation losses.
+    let final_val = |i: usize| all[i].val_losses().last().copied().unwrap();
+    assert!((loss.value(0) - final_val(1)).abs() < 1e-9, "{} vs {}", loss.value(0), final_val(1));
+    assert!((loss.value(8) - final_val(2)).abs() < 1e-9, "{} vs {}", loss.value(8), final_val(2));
+    assert!(dir.path().join("lmc/interpolation.png").is_file());
+
+    let mut other = vec!["run", "baseline", "steps=2", "n_layer=2"];
+    other.extend(&SMALL_MODEL[1..]);
+    assert!(built().lmhost(dir.path(), &other).success());
+    let wider = runs(dir.path()).last().unwrap().path.clone();
+    let refused = built().lmhost(dir.path(), &["interpolate", a, wider.to_str().unwrap()]);
+    assert!(!refused.success() && refused.stderr().contains("one architecture"), "{}", refused.stderr());
+}
