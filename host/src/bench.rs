@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use plugin_api::RunSpec;
 
 use crate::config::{resolve_arm, Override, Request};
 use crate::plugin::Plugin;
@@ -49,13 +48,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     let cache = args.cache_dir.clone().unwrap_or_else(crate::cli::default_cache_dir);
     let data =
         crate::events::prepare_data(&config.data_settings(), &cache).context("cannot prepare the data")?;
-    let spec = RunSpec {
-        device: config.device.as_str().into(),
-        dtype: config.dtype.as_str().into(),
-        seed: config.seed,
-        vocab_size: data.manifest.vocab_size as u32,
-        context_length: config.context_length as u32,
-    };
+    let spec = config.run_spec(data.manifest.vocab_size);
     let mut model = plugin.create(&spec, &arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = model.param_counts();
     println!(

@@ -120,6 +120,17 @@ impl RunConfig {
         (self.batch_size * self.context_length) as u64
     }
 
+    /// What a plugin is told when a model is created for this config.
+    pub fn run_spec(&self, vocab_size: usize) -> plugin_api::RunSpec {
+        plugin_api::RunSpec {
+            device: self.device.as_str().into(),
+            dtype: self.dtype.as_str().into(),
+            seed: self.seed,
+            vocab_size: vocab_size as u32,
+            context_length: self.context_length as u32,
+        }
+    }
+
     pub fn data_settings(&self) -> datasets::DataSettings {
         datasets::DataSettings {
             dataset: self.dataset.clone(),

@@ -40,13 +40,7 @@ impl Trained {
         }
         let plugin = Plugin::open(&record.plugin.source)?;
         let config = record.config.run_config()?;
-        let spec = RunSpec {
-            device: config.device.as_str().into(),
-            dtype: config.dtype.as_str().into(),
-            seed: config.seed,
-            vocab_size: record.derived.vocab_size as u32,
-            context_length: config.context_length as u32,
-        };
+        let spec = config.run_spec(record.derived.vocab_size);
         let mut model = plugin
             .create(&spec, &record.config.model)
             .map_err(|e| anyhow::anyhow!("{} {e}", plugin.description.name))?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use abi_stable::std_types::{RSlice, RStr};
 use anyhow::{Context, Result};
 use datasets::{mixed_batch, validation_windows, PreparedData};
-use plugin_api::{BatchStats, ModelBox, RunSpec, StepSettings, TokenBatch};
+use plugin_api::{BatchStats, ModelBox, StepSettings, TokenBatch};
 use reports::{Split, StatsRow, StatsWriter};
 
 use crate::config::RunConfig;
@@ -70,13 +70,7 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         anyhow::bail!("the token cache {} changed since this run was set up", data.dir.display());
     }
     let config = record.config.run_config()?;
-    let spec = RunSpec {
-        device: config.device.as_str().into(),
-        dtype: config.dtype.as_str().into(),
-        seed: config.seed,
-        vocab_size: data.manifest.vocab_size as u32,
-        context_length: config.context_length as u32,
-    };
+    let spec = config.run_spec(data.manifest.vocab_size);
     let mut model = plugin
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
