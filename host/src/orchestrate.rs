@@ -435,12 +435,10 @@ pub fn branch(
     let record = run_store::read_record(parent)?;
     let checkpoint = parent.join(format!("checkpoints/step_{step:06}.safetensors"));
     if !checkpoint.is_file() {
-        let mut have: Vec<String> = std::fs::read_dir(parent.join("checkpoints"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
-            })
-            .unwrap_or_default();
-        have.sort();
+        let have: Vec<String> = crate::restore::step_checkpoints(parent)
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
         bail!(
             "{} has no checkpoint at step {step} (it has: {}); train the parent with checkpoint_every=N",
             parent.display(),

@@ -96,8 +96,14 @@ impl Trained {
 
 /// The checkpoint of the highest step.
 pub fn last_checkpoint(dir: &Path) -> Result<PathBuf> {
-    let folder = dir.join("checkpoints");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&folder)
+    step_checkpoints(dir)
+        .pop()
+        .with_context(|| format!("{} has no checkpoint (did it finish a step?)", dir.display()))
+}
+
+/// A run's `checkpoints/step_NNNNNN.safetensors` files, oldest first (`best.safetensors` aside).
+pub fn step_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
@@ -106,5 +112,5 @@ pub fn last_checkpoint(dir: &Path) -> Result<PathBuf> {
         })
         .unwrap_or_default();
     found.sort();
-    found.pop().with_context(|| format!("{} has no checkpoint (did it finish a step?)", dir.display()))
+    found
 }

@@ -500,12 +500,7 @@ impl<'a> Training<'a> {
         let name = format!("step_{step:06}.safetensors");
         write_atomic(&dir.join(&name), &bytes)?;
         if self.config.keep_checkpoints > 0 {
-            let mut older: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-                .with_context(|| format!("cannot list {}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
-                .collect();
-            older.sort();
+            let older = crate::restore::step_checkpoints(self.dir);
             let keep = self.config.keep_checkpoints as usize;
             for path in &older[..older.len().saturating_sub(keep)] {
                 std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
