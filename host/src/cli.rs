@@ -60,8 +60,9 @@ enum Command {
     /// Measure training throughput (tokens/s) and peak memory.
     Bench(crate::bench::BenchArgs),
     /// Continue a run that stopped (interrupted, killed, failed) from its last checkpoint; its
-    /// stats are rewound to that checkpoint, so no step is counted twice.
-    Resume { run_dir: PathBuf },
+    /// stats are rewound to that checkpoint, so no step is counted twice. Host key=value
+    /// overrides (lr=…, steps=… to train a finished run further) apply from the checkpoint on.
+    Resume { run_dir: PathBuf, overrides: Vec<String> },
     /// Linear mode connectivity: evaluate (1 − α)·A + α·B along α, print the loss barrier.
     Interpolate(crate::interpolate::InterpolateArgs),
     /// Start children from a run's checkpoint at a step; they differ in data order (seed) or in
@@ -82,6 +83,9 @@ enum Command {
         run_dir: PathBuf,
         #[arg(long)]
         resume: bool,
+        /// Host key=value overrides applied when resuming.
+        #[arg(long = "set")]
+        overrides: Vec<String>,
     },
     /// Load a plugin and resolve a request in this process (started by `run`).
     #[command(hide = true)]
@@ -182,6 +186,10 @@ impl CommonArgs {
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(default_cache_dir)
     }
+}
+
+fn parse_overrides(raw: &[String]) -> Result<Vec<Override>> {
+    raw.iter().map(|o| o.parse()).collect()
 }
 
 pub(crate) fn default_cache_dir() -> PathBuf {
@@ -318,15 +326,16 @@ fn dispatch(command: Command) -> Result<bool> {
             crate::memory::keep_freed_memory();
             crate::bench::bench(&args)
         }
-        Command::Resume { run_dir } => orchestrate::resume(&run_dir),
+        Command::Resume { run_dir, overrides } => {
+            orchestrate::resume(&run_dir, &parse_overrides(&overrides)?)
+        }
         Command::Interpolate(args) => crate::interpolate::interpolate_command(&args),
         Command::Branch { run_dir, at, children, overrides } => {
-            let overrides = overrides.iter().map(|o| o.parse()).collect::<Result<Vec<Override>>>()?;
-            orchestrate::branch(&run_dir, at, children, &overrides)
+            orchestrate::branch(&run_dir, at, children, &parse_overrides(&overrides)?)
         }
-        Command::Worker { run_dir, resume } => {
+        Command::Worker { run_dir, resume, overrides } => {
             crate::memory::keep_freed_memory();
-            crate::train::run_worker(&run_dir, resume)?;
+            crate::train::run_worker(&run_dir, resume, &parse_overrides(&overrides)?)?;
             Ok(true)
         }
         Command::Probe { source, request } => {

@@ -295,6 +295,19 @@ pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(Arm
     Ok((config, unknown))
 }
 
+/// Sets host keys (seed, lr, steps, …) in `config` and checks the result; a model key is refused,
+/// since the run's weights already fix the model (`what` names the command, for the error).
+pub fn apply_host_overrides(config: &mut ArmConfig, overrides: &[Override], what: &str) -> Result<()> {
+    let host_fields = RunConfig::fields();
+    for o in overrides {
+        let Some(field) = host_fields.iter().find(|f| f.name == o.key) else {
+            bail!("{}: {what} keeps the run's model; only host keys (seed, lr, steps, …) can change", o.key);
+        };
+        config.run.insert(o.key.clone(), typed_value(field, &o.value)?);
+    }
+    config.run_config()?.check()
+}
+
 /// An error for override keys that no arm declares, with the nearest declared name.
 pub fn unknown_key_error(key: &str, fields: &[&FieldSpec]) -> anyhow::Error {
     let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).chain(["variant"]).collect();

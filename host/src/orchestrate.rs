@@ -14,7 +14,7 @@ use datasets::PreparedData;
 use lmhost_kit::config::Knobs;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{resolve_arm, unknown_key_error, ArmConfig, Request, RunConfig};
+use crate::config::{resolve_arm, unknown_key_error, ArmConfig, Override, Request, RunConfig};
 use crate::events::{duration, human, ArmView, Event};
 use crate::plan::{Plan, PlanRecord};
 use crate::plugin::{Plugin, PluginDescription, PluginSource};
@@ -199,7 +199,7 @@ pub fn train(plan: &RunPlan) -> Result<Trained> {
         if crate::interrupt::requested() {
             break;
         }
-        all_ok &= train_arm(arm, false)?;
+        all_ok &= train_arm(arm, false, &[])?;
     }
     print_summary(&arms);
     Ok(Trained { dirs: arms.iter().map(|a| a.dir.clone()).collect(), all_ok })
@@ -407,17 +407,28 @@ fn prepare_plan(file: &Path, run: &RunConfig, data: &PreparedData, cache_dir: &P
 
 /// `lmhost resume`: continues a run that did not finish from its last checkpoint, in a worker
 /// as `run` does, then prints its table and writes its report.
-pub fn resume(dir: &Path) -> Result<bool> {
+///
+/// Host-key `overrides` (a lower `lr`, more `steps`, …) apply from the checkpoint on; the worker
+/// records them in `run.json` and marks the rows trained under them in the stats. A finished
+/// run can be resumed only to train further (`steps=` above its own).
+pub fn resume(dir: &Path, overrides: &[Override]) -> Result<bool> {
     let record = run_store::read_record(dir)?;
-    if record.status == Status::Finished {
-        bail!("{} already finished; `lmhost branch` or a new run trains further", dir.display());
+    let mut changed = record.config.clone();
+    crate::config::apply_host_overrides(&mut changed, overrides, "resume")?;
+    let longer = changed.run_config()?.steps > record.config.run_config()?.steps;
+    if record.status == Status::Finished && !longer {
+        bail!(
+            "{} already finished; `lmhost resume {} steps=N` with N above its steps trains further, `lmhost branch` starts children",
+            dir.display(),
+            dir.display()
+        );
     }
     let label = match record.arm {
         Arm::Baseline => "baseline".to_owned(),
         Arm::Experiment => record.plugin.name.clone(),
     };
     let mut arm = ArmRun { label, dir: dir.to_owned(), record, reused: false };
-    let ok = train_arm(&mut arm, true)?;
+    let ok = train_arm(&mut arm, true, overrides)?;
     print_summary(std::slice::from_ref(&arm));
     report(&[arm.dir.clone()], &arm.record.id);
     Ok(ok)
@@ -445,20 +456,15 @@ pub fn branch(
             if have.is_empty() { "none".to_owned() } else { have.join(", ") }
         );
     }
-    let host_fields = RunConfig::fields();
-    if let Some(o) = overrides.iter().find(|o| !host_fields.iter().any(|f| f.name == o.key)) {
-        bail!("{}: a branch keeps its parent's model; only host keys (seed, lr, steps, …) can change", o.key);
-    }
+    crate::config::apply_host_overrides(&mut record.config.clone(), overrides, "a branch")?;
     let parent_seed = record.config.run_config()?.seed;
     let given_seed = overrides.iter().find(|o| o.key == "seed");
     let store = RunStore::new(parent.parent().unwrap_or(Path::new(".")));
     let mut arms = Vec::new();
     for i in 0..children {
         let mut child = record.clone();
-        for o in overrides.iter().filter(|o| o.key != "seed") {
-            let field = host_fields.iter().find(|f| f.name == o.key).expect("checked above");
-            child.config.run.insert(o.key.clone(), crate::config::typed_value(field, &o.value)?);
-        }
+        let kept: Vec<Override> = overrides.iter().filter(|o| o.key != "seed").cloned().collect();
+        crate::config::apply_host_overrides(&mut child.config, &kept, "a branch")?;
         let seed = match given_seed {
             Some(o) => {
                 o.value.parse::<u64>().with_context(|| format!("seed={}: expected an integer", o.value))? + i
@@ -491,7 +497,7 @@ pub fn branch(
         if crate::interrupt::requested() {
             break;
         }
-        all_ok &= train_arm(arm, true)?;
+        all_ok &= train_arm(arm, true, &[])?;
     }
     print_summary(&arms);
     let dirs: Vec<PathBuf> =
@@ -572,8 +578,9 @@ fn create_arm(store: &RunStore, label: &str, mut record: RunRecord) -> Result<Ar
     Ok(ArmRun { label: label.to_owned(), dir, record, reused: false })
 }
 
-/// Trains one arm in a worker process; false when it did not finish.
-fn train_arm(arm: &mut ArmRun, resume: bool) -> Result<bool> {
+/// Trains one arm in a worker process (resuming, with host-key `overrides`, when `resume`);
+/// false when it did not finish.
+fn train_arm(arm: &mut ArmRun, resume: bool, overrides: &[Override]) -> Result<bool> {
     let log_path = arm.dir.join("worker.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -586,6 +593,7 @@ fn train_arm(arm: &mut ArmRun, resume: bool) -> Result<bool> {
         .arg("worker")
         .arg(&arm.dir)
         .args(resume.then_some("--resume"))
+        .args(overrides.iter().flat_map(|o| ["--set".to_owned(), format!("{}={}", o.key, o.value)]))
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -168,6 +168,20 @@ pub struct ResumeRecord {
     pub at: String,
     pub from_step: u64,
     pub dropped_rows: usize,
+    /// Host keys changed on resuming; they apply to every step after `from_step`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<crate::config::Override>,
+}
+
+impl ResumeRecord {
+    /// How the stats mark rows trained after this resume's overrides, e.g.
+    /// `resumed at step 100 with lr=3e-4`; none without overrides.
+    pub fn mark(&self) -> Option<String> {
+        (!self.overrides.is_empty()).then(|| {
+            let keys: Vec<String> = self.overrides.iter().map(|o| format!("{}={}", o.key, o.value)).collect();
+            format!("resumed at step {} with {}", self.from_step, keys.join(" "))
+        })
+    }
 }
 
 impl RunRecord {

@@ -11,7 +11,7 @@ use datasets::{mixed_batch, validation_windows, PreparedData};
 use plugin_api::{BatchStats, ModelBox, StepSettings, TokenBatch};
 use reports::{Split, StatsRow, StatsWriter};
 
-use crate::config::RunConfig;
+use crate::config::{Override, RunConfig};
 use crate::events::{emit, Event};
 use crate::plugin::{Plugin, PluginSource};
 use crate::run_store::{self, write_atomic, RunRecord, RunResult, Status};
@@ -29,12 +29,17 @@ pub enum Stop {
 }
 
 /// Runs the arm described by `dir/run.json` to its end, keeping `run.json` and the stats
-/// current, and reporting progress as [`Event`]s on stdout.
-pub fn run_worker(dir: &Path, resume: bool) -> Result<()> {
+/// current, and reporting progress as [`Event`]s on stdout. A resumed run first takes the host
+/// keys in `overrides`.
+pub fn run_worker(dir: &Path, resume: bool, overrides: &[Override]) -> Result<()> {
     let mut record = run_store::read_record(dir)?;
+    if !overrides.is_empty() {
+        crate::config::apply_host_overrides(&mut record.config, overrides, "resume")?;
+        record.fingerprint = record.compute_fingerprint();
+    }
     record.status = Status::Running;
     run_store::write_record(dir, &record)?;
-    let outcome = setup_and_train(dir, &mut record, resume);
+    let outcome = setup_and_train(dir, &mut record, resume.then_some(overrides));
     let (status, error) = match &outcome {
         Ok(()) => (Status::Finished, None),
         Err(e) => match e.downcast_ref::<Stop>() {
@@ -58,7 +63,8 @@ pub fn run_worker(dir: &Path, resume: bool) -> Result<()> {
     }
 }
 
-fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<()> {
+/// `resume`: the overrides of a resumed run; none for a fresh one.
+fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override]>) -> Result<()> {
     if let (PluginSource::Library { path }, Some(expected)) = (&record.plugin.source, &record.plugin.sha256) {
         if &run_store::sha256_file(path)? != expected {
             anyhow::bail!("{} changed since this run was set up; start a new run", path.display());
@@ -75,17 +81,19 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
     let stats_path = dir.join("stats.arrows");
-    let (stats, start) = if resume {
-        resume_point(dir, record, &mut model, &config)?
+    let (stats, start) = if let Some(overrides) = resume {
+        resume_point(dir, record, &mut model, &config, overrides)?
     } else {
         (StatsWriter::create(&stats_path, &stats_identity(record))?, Start::default())
     };
     let val_ids = validation_windows(&data.val, config.eval_windows, config.context_length);
     let stages = stages(record, &config, data.train)?;
+    let marks = record.resumes.iter().filter_map(|r| Some((r.from_step, r.mark()?))).collect();
     let mut training = Training {
         dir,
         config,
         stages,
+        marks,
         model,
         val_ids,
         stats: Some(stats),
@@ -125,6 +133,7 @@ fn resume_point(
     record: &mut RunRecord,
     model: &mut ModelBox,
     config: &RunConfig,
+    overrides: &[Override],
 ) -> Result<(StatsWriter, Start)> {
     let step = match crate::restore::last_checkpoint(dir) {
         Ok(checkpoint) => {
@@ -150,6 +159,7 @@ fn resume_point(
         at: run_store::timestamp(),
         from_step: step,
         dropped_rows: total - kept.len(),
+        overrides: overrides.to_vec(),
     });
     run_store::write_record(dir, record)?;
     let start = Start {
@@ -279,6 +289,8 @@ struct Training<'a> {
     dir: &'a Path,
     config: RunConfig,
     stages: Vec<StageRun>,
+    /// Resumes with overrides: the step each started after, and how its rows are marked.
+    marks: Vec<(u64, String)>,
     model: ModelBox,
     val_ids: Vec<u32>,
     stats: Option<StatsWriter>,
@@ -315,6 +327,16 @@ impl<'a> Training<'a> {
     /// The stage of 1-based `step` (step 0, before training, belongs to the first).
     fn stage(&self, step: u64) -> &StageRun {
         stage_of(&self.stages, step)
+    }
+
+    /// What the stats' `stage` column says of `step`: its plan stage, and the overrides of the
+    /// last resume before it, if any.
+    fn stage_label(&self, step: u64) -> Option<String> {
+        let mark = self.marks.iter().rev().find(|(from, _)| *from < step).map(|(_, m)| m.clone());
+        match (self.stage(step).name.clone(), mark) {
+            (Some(stage), Some(mark)) => Some(format!("{stage}; {mark}")),
+            (stage, mark) => stage.or(mark),
+        }
     }
 
     /// The learning rate of 1-based `step` (step 0: the first step's).
@@ -380,7 +402,7 @@ impl<'a> Training<'a> {
                     loss,
                     val_loss: evaluated.or(result.val_loss),
                     lr: self.lr(step),
-                    stage: self.stage(step).name.clone(),
+                    stage: self.stage_label(step),
                     tokens_per_s: interval.1 as f64 / interval.0.as_secs_f64().max(1e-9),
                     eta_s: elapsed / done as f64 * (steps - step) as f64,
                 });
@@ -407,9 +429,9 @@ impl<'a> Training<'a> {
     fn train_step(&mut self, step: u64) -> Result<(f64, Duration)> {
         let t0 = Instant::now();
         let lr = self.lr(step);
+        let name = self.stage_label(step);
         let stage = stage_of(&self.stages, step);
-        let (name, streams) =
-            (stage.name.clone(), stage.streams.iter().map(|(t, w)| (t, *w)).collect::<Vec<_>>());
+        let streams = stage.streams.iter().map(|(t, w)| (t, *w)).collect::<Vec<_>>();
         let (total, grad_norm) = optimizer_step(&mut self.model, &streams, &self.config, step, lr)
             .map_err(|(call, e)| self.plugin_error(call, e))?;
         let loss = total.loss_sum / total.tokens.max(1) as f64;
@@ -466,7 +488,7 @@ impl<'a> Training<'a> {
             loss: Some(loss),
             accuracy: Some(accuracy),
             lr: Some(self.lr(step)),
-            stage: self.stage(step).name.clone(),
+            stage: self.stage_label(step),
             ..StatsRow::at(step, self.tokens, self.wall(), Split::Val)
         };
         self.push(row);

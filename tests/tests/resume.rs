@@ -82,6 +82,49 @@ fn a_resumed_run_ends_with_the_numbers_of_one_that_never_stopped() {
 }
 
 #[test]
+fn overrides_on_resume_are_recorded_and_mark_the_rows_they_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, stopped) = finished_and_stopped(dir.path(), &["steps=6", "schedule=constant", "warmup=0"]);
+    let path = stopped.to_str().unwrap();
+    let model_key = built().lmhost(dir.path(), &["resume", path, "n_layer=3"]);
+    assert!(!model_key.success() && model_key.stderr().contains("only host keys"), "{}", model_key.stderr());
+
+    let ran = built().lmhost(dir.path(), &["resume", path, "lr=2e-4"]);
+    assert!(ran.success(), "{}", ran.stderr());
+    let (before, after) = (numbers(&whole), numbers(&stopped));
+    let rows = reports::read_stats(&stopped.join("stats.arrows")).unwrap().rows;
+    for row in &rows {
+        let marked = row.stage.as_deref() == Some("resumed at step 3 with lr=2e-4");
+        assert_eq!(marked, row.step > 3, "step {} is marked only when trained after the resume", row.step);
+        if row.step > 3 && row.lr.is_some() {
+            assert_eq!(row.lr, Some(2e-4));
+        }
+    }
+    let kept = rows.iter().filter(|r| r.step <= 3).count();
+    assert_eq!(after[..kept], before[..kept], "the rows up to the checkpoint are the original run's");
+    assert_ne!(after[kept..], before[kept..]);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["resumes"][0]["overrides"][0]["key"], "lr");
+    assert_eq!(record["config"]["run"]["lr"], 2e-4);
+
+    // A finished run trains further when asked for more steps, and only then.
+    let same = built().lmhost(dir.path(), &["resume", path, "lr=1e-4"]);
+    assert!(!same.success() && same.stderr().contains("already finished"), "{}", same.stderr());
+    let longer = built().lmhost(dir.path(), &["resume", path, "steps=8"]);
+    assert!(longer.success(), "{}", longer.stderr());
+    assert!(longer.stdout().contains("step:8/8"), "{}", longer.stdout());
+    let rows = reports::read_stats(&stopped.join("stats.arrows")).unwrap().rows;
+    let last = rows.iter().rfind(|r| r.step == 8).unwrap();
+    assert_eq!(last.stage.as_deref(), Some("resumed at step 6 with steps=8"));
+    assert_eq!(
+        rows.iter().filter(|r| r.step == 6 && r.metric.is_none()).count(),
+        2,
+        "train and val rows of step 6 kept once"
+    );
+}
+
+#[test]
 fn a_resumed_plan_continues_in_the_right_stage_at_the_right_place() {
     let dir = tempfile::tempdir().unwrap();
     // 256 tokens per step: stage one is steps 1–4, stage two 5–7; the checkpoint at step 3.
