@@ -18,7 +18,7 @@ fn children_share_the_parents_past_and_differ_in_their_future() {
         missing.stderr()
     );
     let model = built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "3", "n_layer=2"]);
-    assert!(model.stderr().contains("a branch keeps its parent's model"), "{}", model.stderr());
+    assert!(model.stderr().contains("a branch keeps the run's model"), "{}", model.stderr());
 
     let ran =
         built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "3", "--children", "2"]);
