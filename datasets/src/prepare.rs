@@ -23,7 +23,7 @@ use crate::DataError;
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// Bump when the recipe or the cache format changes: old caches are then never read.
-const RECIPE_VERSION: u32 = 2;
+const RECIPE_VERSION: u32 = 3;
 
 /// Validation documents listed by key in the manifest (the rest are counted).
 const LISTED: usize = 1000;
@@ -334,9 +334,11 @@ fn build_cache(
 const CHUNK: usize = 8 << 20;
 const PIECE: usize = 64 << 10;
 
-/// `text` cut into pieces of about `PIECE` bytes, each cut just after a newline that a
-/// non-space character follows: GPT-2's pre-tokenisation always splits there, so encoding the
-/// pieces gives the same ids as encoding the whole.
+/// `text` cut into pieces of about `PIECE` bytes, each cut just after a newline with a
+/// non-space character on both sides (`x\n|y`): GPT-2's pre-tokenisation makes that newline a
+/// token of its own whether or not the text goes on, so encoding the pieces gives the ids of the
+/// whole. (After `\n\n` or `  \n` it would not: a run of white space at the end of a piece
+/// becomes one token, where the whole text splits it before its last character.)
 fn pieces(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
@@ -348,7 +350,11 @@ fn pieces(text: &str) -> impl Iterator<Item = &str> {
         if rest.len() > PIECE {
             let mut at = PIECE;
             while at + 1 < bytes.len() {
-                if bytes[at - 1] == b'\n' && !bytes[at].is_ascii_whitespace() && rest.is_char_boundary(at) {
+                if bytes[at - 1] == b'\n'
+                    && !bytes[at - 2].is_ascii_whitespace()
+                    && !bytes[at].is_ascii_whitespace()
+                    && rest.is_char_boundary(at)
+                {
                     cut = at;
                     break;
                 }
@@ -397,9 +403,11 @@ mod tests {
     fn encoding_in_pieces_gives_the_ids_of_the_whole() {
         let text: String = (0..4000)
             .map(|i| match i % 4 {
-                0 => format!("ROMEO {i}:\n"),
+                // `\n\n\n` teaches the tokenizer a `\n\n` token; before `[` a careless cut
+                // would make one of the `\n\n` that the whole text splits in two.
+                0 => format!("ROMEO {i}:\n\n\n"),
                 1 => "  But soft, what light through yonder window breaks?\n\n".to_owned(),
-                2 => "\tIt is the east, and Juliet is the sun.  \n".to_owned(),
+                2 => "[It is the east, and Juliet is the sun.]  \n".to_owned(),
                 _ => "Arise, fair sun, and kill the envious moon, \u{e9}t\u{e9}.\n".to_owned(),
             })
             .collect();

@@ -63,6 +63,9 @@ enum Command {
     /// stats are rewound to that checkpoint, so no step is counted twice. Host key=value
     /// overrides (lr=…, steps=… to train a finished run further) apply from the checkpoint on.
     Resume { run_dir: PathBuf, overrides: Vec<String> },
+    /// A model's logits for given token ids (a run, or hf:DIR), as safetensors: golden tests
+    /// against other implementations.
+    Logits(crate::logits_cmd::LogitsArgs),
     /// Linear mode connectivity: evaluate (1 − α)·A + α·B along α, print the loss barrier.
     Interpolate(crate::interpolate::InterpolateArgs),
     /// Start children from a run's checkpoint at a step; they differ in data order (seed) or in
@@ -147,7 +150,7 @@ enum Emit {
 
 #[derive(clap::Args)]
 pub struct CommonArgs {
-    /// Starting point for every knob: tiny, small or gpt2ish.
+    /// Starting point for every knob: tiny, small, gpt2 (124M exactly) or gpt2ish.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// cpu or cuda:N (the same as device=…).
@@ -180,6 +183,7 @@ impl CommonArgs {
         if let Some(device) = &self.device {
             request.overrides.push(Override { key: "device".into(), value: device.clone() });
         }
+        crate::hf_gpt2::complete_request(&mut request)?;
         Ok(request)
     }
 
@@ -329,6 +333,7 @@ fn dispatch(command: Command) -> Result<bool> {
         Command::Resume { run_dir, overrides } => {
             orchestrate::resume(&run_dir, &parse_overrides(&overrides)?)
         }
+        Command::Logits(args) => crate::logits_cmd::logits_command(&args),
         Command::Interpolate(args) => crate::interpolate::interpolate_command(&args),
         Command::Branch { run_dir, at, children, overrides } => {
             orchestrate::branch(&run_dir, at, children, &parse_overrides(&overrides)?)

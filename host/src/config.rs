@@ -84,6 +84,10 @@ lmhost_kit::knobs! {
         /// A training plan (TOML or JSON): stages of data mixtures, token budgets and schedules.
         /// The number of steps then follows from the plan; dataset still fixes tokenizer and validation set.
         pub plan: String = String::new(),
+        /// Start from weights instead of the seeded initialisation: hf:DIR, a Hugging Face GPT-2
+        /// folder (its architecture and tokenizer become the run's), or a safetensors file under
+        /// the model's own parameter names (`lmhost export`).
+        pub init: String = String::new(),
     }
 }
 
@@ -160,6 +164,14 @@ pub const PRESETS: &[Preset] = &[
         name: "small",
         about: "6 layers, width 384, 6 heads, context 256, vocab 8192, batch 8",
         settings: &[("n_layer", "6"), ("n_embd", "384"), ("n_head", "6"), ("context_length", "256"), ("vocab_size", "8192"), ("batch_size", "8"), ("micro_batch_size", "8")],
+    },
+    Preset {
+        name: "gpt2",
+        about: "GPT-2 124M exactly (Hugging Face GPT2LMHeadModel): 12 layers, width 768, 12 heads, context 1024, vocab 50257, tanh GELU, tied head without bias",
+        settings: &[
+            ("n_layer", "12"), ("n_embd", "768"), ("n_head", "12"), ("context_length", "1024"), ("vocab_size", "50257"),
+            ("gelu", "tanh"), ("tied_head", "true"), ("head_bias", "false"), ("batch_size", "8"), ("micro_batch_size", "4"),
+        ],
     },
     Preset {
         name: "gpt2ish",

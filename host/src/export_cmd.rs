@@ -1,7 +1,8 @@
 //! `lmhost export`: a run's weights as safetensors; with `--prod`, a sacrificial experiment's
 //! weights folded into the baseline's layout, and with `--verify` the proof that they work: the
 //! plain built-in baseline loaded with them gives the trained experiment's logits, with the
-//! baseline's parameter count.
+//! baseline's parameter count. `--format hf-gpt2` writes a folder Hugging Face `transformers`
+//! loads as `GPT2LMHeadModel`.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,26 @@ use crate::run_store::write_atomic;
 /// Largest logit difference `--verify` accepts (float rounding of the folded weights is ~1e-6).
 const TOLERANCE: f32 = 1e-3;
 
+lmhost_kit::knob_enum! {
+    /// What `lmhost export` writes.
+    pub enum ExportFormat {
+        /// One safetensors file under lmhost's names.
+        Safetensors = "safetensors",
+        /// A Hugging Face GPT-2 folder: config.json, model.safetensors, tokenizer.
+        HfGpt2 = "hf-gpt2",
+    }
+}
+
+impl clap::ValueEnum for ExportFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Safetensors, Self::HfGpt2]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ExportArgs {
     /// A run folder.
@@ -27,7 +48,12 @@ pub struct ExportArgs {
     /// Load the prod weights into the built-in baseline and check its logits against the experiment's.
     #[arg(long, requires = "prod")]
     verify: bool,
-    /// Where to write [default: RUN/prod.safetensors, or RUN/weights.safetensors without --prod].
+    /// safetensors, or hf-gpt2: a folder `GPT2LMHeadModel.from_pretrained` loads (needs a
+    /// model trained with head_bias=false; gelu=tanh tied_head=true make it GPT-2 exactly).
+    #[arg(long, default_value = "safetensors")]
+    format: ExportFormat,
+    /// Where to write [default: RUN/prod.safetensors, RUN/weights.safetensors without --prod,
+    /// RUN/hf-gpt2 with --format hf-gpt2].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Replace the file at the destination.
@@ -36,6 +62,9 @@ pub struct ExportArgs {
 }
 
 pub fn export_command(args: &ExportArgs) -> Result<bool> {
+    if args.format == ExportFormat::HfGpt2 {
+        return export_hf_gpt2(args);
+    }
     let mut run = Trained::open(&args.run)?;
     let name = run.plugin.description.name.clone();
     let (bytes, default_name) = if args.prod {
@@ -105,4 +134,29 @@ fn verify(run: &mut Trained, prod: &[u8]) -> Result<()> {
         bail!("verification failed: the prod model's logits differ from the experiment's by {worst:.3e} (tolerance {TOLERANCE:.0e})");
     }
     Ok(())
+}
+
+/// `--format hf-gpt2`: the model's weights in the baseline's layout (a sacrificial experiment's
+/// prod weights) as a Hugging Face GPT-2 folder.
+fn export_hf_gpt2(args: &ExportArgs) -> Result<bool> {
+    let mut run = Trained::open(&args.run)?;
+    let out = args.out.clone().unwrap_or_else(|| args.run.join("hf-gpt2"));
+    if out.join("model.safetensors").exists() && !args.overwrite {
+        bail!("{} already holds a model; pass --overwrite to replace it, or another --out", out.display());
+    }
+    let bytes = prod_weights(&mut run.model)?;
+    let weights = lmhost_kit::candle::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+    let tokenizer = run.tokenizer_path();
+    let spec = crate::hf_gpt2::ExportSpec {
+        model: &run.record.config.model,
+        vocab_size: run.spec.vocab_size as usize,
+        context_length: run.spec.context_length as usize,
+        tokenizer: &tokenizer,
+    };
+    crate::hf_gpt2::export(weights, &spec, &out)?;
+    println!(
+        "wrote {} (config.json, model.safetensors, tokenizer.json); load it with GPT2LMHeadModel.from_pretrained",
+        out.display()
+    );
+    Ok(true)
 }

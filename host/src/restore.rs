@@ -71,9 +71,18 @@ impl Trained {
         baseline.create(&self.spec, &keys).map_err(|e| anyhow::anyhow!("baseline {e}"))
     }
 
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
+    /// The run's own copy of its tokenizer, or the data cache's.
+    pub fn tokenizer_path(&self) -> PathBuf {
         let own = self.dir.join("tokenizer.json");
-        let path = if own.is_file() { own } else { self.record.data.cache_dir.join("tokenizer.json") };
+        if own.is_file() {
+            own
+        } else {
+            self.record.data.cache_dir.join("tokenizer.json")
+        }
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let path = self.tokenizer_path();
         Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot read the run's tokenizer {}: {e}", path.display()))
     }

@@ -80,6 +80,9 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override
     let mut model = plugin
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
+    if resume.is_none() && !config.init.is_empty() {
+        load_init(&mut model, &config)?;
+    }
     let stats_path = dir.join("stats.arrows");
     let (stats, start) = if let Some(overrides) = resume {
         resume_point(dir, record, &mut model, &config, overrides)?
@@ -107,6 +110,26 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override
     let result = training.run(record);
     training.stats.take().map(|s| s.finish()).transpose()?;
     result
+}
+
+/// Replaces the seeded initialisation with the weights `init=` names.
+fn load_init(model: &mut ModelBox, config: &RunConfig) -> Result<()> {
+    let weights = match config.init.strip_prefix("hf:") {
+        Some(dir) => {
+            let dir = Path::new(dir);
+            let hf = crate::hf_gpt2::HfGpt2Config::read(dir)?;
+            crate::hf_gpt2::weights_file(dir, &hf, config.context_length)?
+        }
+        None => {
+            std::fs::read(&config.init).with_context(|| format!("init={}: cannot read it", config.init))?
+        }
+    };
+    model.load_weights(RSlice::from_slice(&weights)).into_result().map_err(|e| {
+        anyhow::anyhow!(
+            "init={}: {e}; init loads weights named as the model's own parameters (the baseline's layout)",
+            config.init
+        )
+    })
 }
 
 /// Where training starts: at step 0, or where a resumed run's last checkpoint left it.

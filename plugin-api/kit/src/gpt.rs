@@ -6,6 +6,9 @@
 //! MLP: C → 4C → C with exact (erf) GELU. LayerNorm eps 1e-5. Weights N(0, 0.02); the two
 //! projections into the residual stream N(0, 0.02/√(2L)) (GPT-2 paper, §2.3).
 //!
+//! Three knobs give the exact GPT-2 of Hugging Face's `GPT2LMHeadModel` instead: `gelu=tanh`
+//! (its `gelu_new`), `tied_head=true` (the head reuses the token embedding) and `head_bias=false`.
+//!
 //! Shapes: `B` batch, `T` time, `C` width, `H` heads, `D = C/H` head size, `V` vocab, `L` layers.
 //!
 //! Every part is built through a [`Recipe`]: the baseline's recipe builds these parts, an
@@ -21,6 +24,16 @@ use crate::parts::{
     Attention, Block, Dense, DenseSpec, KvCache, LayerCache, Named, Norm, Recipe, TokenEmbedding,
 };
 
+crate::knob_enum! {
+    /// Which GELU the MLP uses.
+    pub enum GeluKind {
+        /// Exact: x·Φ(x) (the baseline; Hugging Face's `gelu`).
+        Erf = "erf",
+        /// GPT-2's tanh approximation (Hugging Face's `gelu_new`).
+        Tanh = "tanh",
+    }
+}
+
 crate::knobs! {
     /// The size of the model; vocabulary and context length come from the run.
     pub struct GptConfig {
@@ -32,6 +45,12 @@ crate::knobs! {
         pub n_head: usize = 4,
         /// Standard deviation of the N(0, σ) weight initialisation.
         pub init_std: f64 = 0.02,
+        /// erf (exact, the baseline) or tanh (GPT-2's approximation).
+        pub gelu: GeluKind = GeluKind::Erf,
+        /// The head reuses the token embedding's table, as GPT-2's does.
+        pub tied_head: bool = false,
+        /// A bias on the head (the baseline); GPT-2's head has none.
+        pub head_bias: bool = true,
     }
 }
 
@@ -139,10 +158,11 @@ impl Attention for CausalSelfAttention {
     }
 }
 
-/// C → 4C → GELU(erf) → C.
+/// C → 4C → GELU → C.
 pub struct Mlp {
     pub c_fc: Box<dyn Dense>,
     pub c_proj: Box<dyn Dense>,
+    pub gelu: GeluKind,
 }
 
 impl Mlp {
@@ -157,11 +177,17 @@ impl Mlp {
                 DenseSpec { in_dim: 4 * c, out_dim: c, std: spec.residual_std(), bias: true },
                 vb.pp("c_proj"),
             )?,
+            gelu: spec.gpt.gelu,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.c_proj.forward(&nn::gelu(&self.c_fc.forward(x)?)?)
+        let h = self.c_fc.forward(x)?;
+        let h = match self.gelu {
+            GeluKind::Erf => nn::gelu(&h)?,
+            GeluKind::Tanh => h.gelu()?, // candle's `gelu` is the tanh form
+        };
+        self.c_proj.forward(&h)
     }
 
     pub fn prod(&self) -> Result<Named> {
@@ -226,14 +252,28 @@ impl Gpt {
         let h = (0..spec.gpt.n_layer)
             .map(|i| recipe.block(i, spec, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let head = DenseSpec { in_dim: c, out_dim: spec.vocab_size, std: spec.gpt.init_std, bias: true };
+        let wte = recipe.token_embedding(spec, t.pp("wte"))?;
+        let head = DenseSpec {
+            in_dim: c,
+            out_dim: spec.vocab_size,
+            std: spec.gpt.init_std,
+            bias: spec.gpt.head_bias,
+        };
+        let lm_head: Box<dyn Dense> = if spec.gpt.tied_head {
+            let Some(table) = wte.table() else {
+                candle_core::bail!("tied_head=true needs a token embedding that is one (V, C) table");
+            };
+            Box::new(TiedHead::new(table, head, vb.pp("lm_head"))?)
+        } else {
+            recipe.dense(head, vb.pp("lm_head"))?
+        };
         Ok(Self {
-            wte: recipe.token_embedding(spec, t.pp("wte"))?,
+            wte,
             wpe: nn::embedding(spec.context_length, c, 0.0, t.pp("wpe"))?, // zero: lmplay
             ln_emb: recipe.embedding_norm(spec, t.pp("ln_emb"))?,
             h,
             ln_f: recipe.final_norm(spec, t.pp("ln_f"))?,
-            lm_head: recipe.dense(head, vb.pp("lm_head"))?,
+            lm_head,
             probe: Mutex::new(None),
         })
     }
@@ -305,5 +345,35 @@ impl Gpt {
         out.extend(self.ln_f.prod()?);
         out.extend(self.lm_head.prod()?);
         Ok(out)
+    }
+}
+
+/// GPT-2's head: logits = x Eᵀ (+ b) with E the token embedding's (V, C) table, so the one
+/// parameter gets the gradients of both uses (Press & Wolf 2017, "Using the Output Embedding").
+pub struct TiedHead {
+    table: Tensor,
+    bias: Option<Tensor>,
+    name: String,
+}
+
+impl TiedHead {
+    pub fn new(table: Tensor, spec: DenseSpec, vb: VarBuilder) -> Result<Self> {
+        let bias = if spec.bias {
+            Some(vb.get_with_hints(spec.out_dim, "bias", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { table, bias, name: vb.prefix() })
+    }
+}
+
+impl Dense for TiedHead {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        nn::Linear { weight: self.table.clone(), bias: self.bias.clone(), name: self.name.clone() }.forward(x)
+    }
+
+    /// Only the bias: the weight is the token embedding's, exported once as `transformer.wte`.
+    fn prod(&self) -> Result<Named> {
+        Ok(self.bias.iter().map(|b| (format!("{}.bias", self.name), b.clone())).collect())
     }
 }

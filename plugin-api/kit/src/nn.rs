@@ -83,6 +83,10 @@ impl TokenEmbedding for Embedding {
     fn prod(&self) -> Result<Named> {
         Ok(vec![(format!("{}.weight", self.name), self.table.clone())])
     }
+
+    fn table(&self) -> Option<Tensor> {
+        Some(self.table.clone())
+    }
 }
 
 /// An [`Embedding`] `(n, dim)` drawn from N(0, std); `std = 0` initialises it to zero.

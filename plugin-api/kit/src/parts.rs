@@ -45,6 +45,10 @@ pub trait TokenEmbedding: Send + Sync {
     fn prod(&self) -> Result<Named> {
         not_sacrificial()
     }
+    /// The (V, C) table itself, when the embedding is one (a tied head multiplies by it).
+    fn table(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 /// Self-attention of one block.

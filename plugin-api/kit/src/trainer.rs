@@ -387,6 +387,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tied_head_is_the_token_embedding_and_trains_it_through_both_uses() {
+        let config = r#"{"n_layer": 2, "n_embd": 32, "n_head": 2, "tied_head": true, "head_bias": false, "gelu": "tanh"}"#;
+        let mut tied = Trainer::<Baseline>::new(&RunSpec::cpu(0, 64, 16), config).unwrap();
+        let untied = trainer(0);
+        assert_eq!(tied.params.count(), untied.params.count() - 64 * 32 - 64, "no head weight, no head bias");
+        let ids = batch(2, 17, 0);
+        tied.forward_backward(&ids, 2, 17, 1.0 / 32.0).unwrap();
+        let grads = tied.gradients();
+        assert!(!grads.iter().any(|(n, _)| n.starts_with("lm_head")));
+        let wte = grads.iter().find(|(n, _)| n == "transformer.wte.weight").unwrap().1.clone().unwrap();
+        // A token that is never an input still gets a gradient in its embedding row, from the head.
+        let unused = (0..64u32).find(|t| !ids.contains(t)).unwrap();
+        let row: f32 =
+            wte.get(unused as usize).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(row > 0.0);
+    }
+
+    #[test]
     fn training_on_one_batch_lowers_its_loss() {
         let mut t = trainer(1);
         let b = batch(4, 17, 1);
