@@ -4,11 +4,9 @@
 //! Connectivity and the Lottery Ticket Hypothesis", 2020, §2).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use abi_stable::std_types::RSlice;
 use anyhow::{bail, Context, Result};
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use datasets::validation_windows;
 use plugin_api::{BatchStats, TokenBatch};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -98,7 +96,20 @@ pub fn interpolate_command(args: &InterpolateArgs) -> Result<bool> {
     let name = format!("interpolate-{}-{}", file_name(&args.a), file_name(&args.b));
     let out = args.out.clone().unwrap_or_else(|| Path::new("reports").join(name));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    write_table(&out.join("interpolation.arrows"), &rows)?;
+    let table = reports::Interpolation {
+        a: args.a.display().to_string(),
+        b: args.b.display().to_string(),
+        points: rows
+            .iter()
+            .map(|&(alpha, split, loss, accuracy)| reports::InterpolationPoint {
+                alpha,
+                split: split.into(),
+                loss,
+                accuracy,
+            })
+            .collect(),
+    };
+    table.write(&out.join(reports::interpolation::FILE_NAME))?;
     let mut figure = reports::plot::Figure {
         title: "loss along (1 − α)·A + α·B".into(),
         x_label: "α".into(),
@@ -106,14 +117,12 @@ pub fn interpolate_command(args: &InterpolateArgs) -> Result<bool> {
         ..Default::default()
     };
     for ((split, _), color) in splits.iter().zip(["#1f77b4", "#d62728"]) {
-        let line: Vec<(f64, f64)> = rows.iter().filter(|r| r.1 == *split).map(|r| (r.0, r.2)).collect();
-        let ends = (line[0].1 + line[line.len() - 1].1) / 2.0;
-        let barrier = line.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max) - ends;
+        let barrier = table.barrier(split).context("an evaluated split has points")?.barrier;
         println!("barrier:{split} {barrier:.4} (highest loss on the path − mean of the ends)");
         figure.series.push(reports::plot::Series {
             label: (*split).into(),
             color: color.into(),
-            line,
+            line: table.losses(split),
             ..Default::default()
         });
     }
@@ -193,21 +202,4 @@ fn evaluate(run: &mut Trained, ids: &[u32], context: usize) -> Result<(f64, f64)
         total.tokens += s.tokens;
     }
     Ok((total.loss_sum / total.tokens.max(1) as f64, total.correct as f64 / total.tokens.max(1) as f64))
-}
-
-fn write_table(path: &Path, rows: &[(f64, &str, f64, f64)]) -> Result<()> {
-    let col = |f: fn(&(f64, &str, f64, f64)) -> f64| {
-        Arc::new(rows.iter().map(f).collect::<Float64Array>()) as ArrayRef
-    };
-    let batch = RecordBatch::try_from_iter([
-        ("alpha", col(|r| r.0)),
-        ("split", Arc::new(rows.iter().map(|r| Some(r.1)).collect::<StringArray>()) as ArrayRef),
-        ("loss", col(|r| r.2)),
-        ("accuracy", col(|r| r.3)),
-    ])?;
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(file, &batch.schema())?;
-    w.write(&batch)?;
-    w.finish()?;
-    Ok(())
 }

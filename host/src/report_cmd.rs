@@ -23,7 +23,8 @@ pub enum BandArg {
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
-    /// Run folders or glob patterns (e.g. 'runs/*value_norm*').
+    /// Run folders or glob patterns (e.g. 'runs/*value_norm*'); folders `lmhost interpolate`
+    /// wrote add their loss-barrier tables and plot.
     #[arg(required = true)]
     runs: Vec<String>,
     /// A run of the group to compare against [default: the baseline runs among them].
@@ -68,8 +69,17 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
         smoothing: args.smooth,
         force: args.force,
     };
+    let (tables, dirs): (Vec<PathBuf>, Vec<PathBuf>) =
+        dirs.into_iter().partition(|d| reports::is_interpolation(d));
+    if dirs.is_empty() {
+        bail!(
+            "only interpolation tables given: pass the runs they join too (e.g. the parent and its children)"
+        );
+    }
     let runs = dirs.iter().map(|d| reports::Run::load(d)).collect::<Result<Vec<_>, _>>()?;
-    let comparison = reports::Comparison::new(runs, options)?;
+    let mut comparison = reports::Comparison::new(runs, options)?;
+    comparison.interpolations =
+        tables.iter().map(|t| reports::Interpolation::read(t)).collect::<Result<Vec<_>, _>>()?;
     let out = match &args.out {
         Some(out) if out.join("report.html").exists() && !args.overwrite => {
             bail!(

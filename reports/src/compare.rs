@@ -181,6 +181,8 @@ pub struct Comparison {
     pub options: CompareOptions,
     /// Things the reader must know, said once at the top of the report.
     pub notes: Vec<String>,
+    /// Linear-mode-connectivity tables shown beside the runs (`lmhost interpolate`).
+    pub interpolations: Vec<crate::Interpolation>,
 }
 
 impl Comparison {
@@ -212,7 +214,7 @@ impl Comparison {
             Some(b) => (0..groups.len()).map(|i| (i != b).then_some(b)).collect(),
             None => match_baselines(&groups, &mut notes),
         };
-        Ok(Self { groups, baseline, reference, options, notes })
+        Ok(Self { groups, baseline, reference, options, notes, interpolations: Vec::new() })
     }
 
     /// Every extra metric any run logged, by name.

@@ -2,9 +2,10 @@
 //! ([`StatsWriter`]) and a reader that keeps what a killed run flushed ([`read_stats`]), and the
 //! comparison of runs: replicates grouped and tested against the baseline ([`Comparison`]), and
 //! written out as an HTML page, Markdown tables, JSON numbers and SVG/PNG plots
-//! ([`write_report`]).
+//! ([`write_report`]), with linear-mode-connectivity tables beside them ([`Interpolation`]).
 
 pub mod compare;
+pub mod interpolation;
 pub mod plot;
 pub mod png;
 pub mod report;
@@ -13,6 +14,7 @@ pub mod statistics;
 pub mod stats;
 
 pub use compare::{Band, CompareOptions, Comparison, Summary, XAxis};
+pub use interpolation::{is_interpolation, Interpolation, InterpolationPoint};
 pub use report::{write_report, ReportFiles};
 pub use runs::{ReportError, Run};
 pub use stats::{read_stats, Split, Stats, StatsError, StatsRow, StatsWriter};

@@ -137,6 +137,9 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
             curves(c, &Metric::GradNorm),
         ),
     ));
+    if !c.interpolations.is_empty() {
+        out.push(("interpolation".into(), interpolation_figure(c)));
+    }
     for name in c.extra_metrics() {
         let metric = Metric::Extra(name.clone());
         let slug = format!(
@@ -220,6 +223,52 @@ fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>)
         .collect();
     (header, rows)
 }
+
+/// Loss along every interpolation path, one line per table and split.
+fn interpolation_figure(c: &Comparison) -> Figure {
+    let mut series = Vec::new();
+    for t in &c.interpolations {
+        for split in t.splits() {
+            series.push(Series {
+                label: format!("{} ({split})", t.label()),
+                color: PALETTE[series.len() % PALETTE.len()].into(),
+                line: t.losses(&split),
+                ..Default::default()
+            });
+        }
+    }
+    Figure {
+        title: "linear mode connectivity: loss along (1 − α)·A + α·B".into(),
+        x_label: "α".into(),
+        y_label: "nats/token".into(),
+        series,
+        ..Default::default()
+    }
+}
+
+/// (header, rows) of the barrier table: one row per interpolation and split.
+fn interpolation_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec!["A ↔ B", "split", "loss at A", "loss at B", "highest loss (at α)", "barrier"];
+    let rows = c
+        .interpolations
+        .iter()
+        .flat_map(|t| t.splits().into_iter().map(move |s| (t, s)))
+        .filter_map(|(t, split)| {
+            let b = t.barrier(&split)?;
+            Some(vec![
+                t.label(),
+                split,
+                format!("{:.4}", b.loss_a),
+                format!("{:.4}", b.loss_b),
+                format!("{:.4} ({:.2})", b.peak, b.peak_alpha),
+                format!("{:.4}", b.barrier),
+            ])
+        })
+        .collect();
+    (header, rows)
+}
+
+const INTERPOLATION_NOTE: &str = "Barrier: the highest loss on the linear path between the two runs' weights minus the mean of the two ends' losses (Frankle et al. 2020, §2); near 0 means the runs are linearly connected.";
 
 fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let header = vec![
@@ -328,6 +377,15 @@ fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> 
     } else {
         let _ = write!(body, "<h2>Config differences</h2>{}", html_table(&dh, &dr));
     }
+    if !c.interpolations.is_empty() {
+        let (ih, ir) = interpolation_table(c);
+        let _ = write!(
+            body,
+            "<h2>Linear mode connectivity</h2><p class=\"muted\">{}</p>{}",
+            escape(INTERPOLATION_NOTE),
+            html_table(&ih, &ir)
+        );
+    }
     let _ = write!(body, "<h2>Runs</h2>{}", html_table(&rh, &rr));
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
@@ -355,6 +413,10 @@ fn markdown(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)])
     } else {
         let _ = writeln!(md, "{}", md_table(&dh, &dr));
     }
+    if !c.interpolations.is_empty() {
+        let (ih, ir) = interpolation_table(c);
+        let _ = write!(md, "## Linear mode connectivity\n\n{INTERPOLATION_NOTE}\n\n{}\n", md_table(&ih, &ir));
+    }
     let _ = write!(md, "## Runs\n\n{}\n## Plots\n\n", md_table(&rh, &rr));
     for (slug, f) in figures {
         let _ = writeln!(md, "![{}]({slug}.svg)", f.title);
@@ -371,6 +433,11 @@ fn numbers(c: &Comparison, summaries: &[Summary]) -> serde_json::Value {
         "notes": c.notes,
         "summaries": summaries,
         "config_diff": c.config_diff(),
+        "interpolations": c.interpolations.iter().map(|t| json!({
+            "a": t.a,
+            "b": t.b,
+            "barriers": t.splits().into_iter().map(|s| (s.clone(), t.barrier(&s))).collect::<std::collections::BTreeMap<_, _>>(),
+        })).collect::<Vec<_>>(),
         "runs": c.groups.iter().flat_map(|g| g.runs.iter().map(move |r| json!({
             "id": r.id,
             "dir": r.dir,

@@ -75,6 +75,22 @@ fn interpolating_two_children_measures_the_path_between_them() {
     assert!((loss.value(8) - final_val(2)).abs() < 1e-9, "{} vs {}", loss.value(8), final_val(2));
     assert!(dir.path().join("lmc/interpolation.png").is_file());
 
+    // `lmhost compare` given the table shows the path and the barrier beside the runs.
+    let parent_path = parent.to_str().unwrap();
+    let ran = built().lmhost(dir.path(), &["compare", parent_path, a, b, "lmc", "--out", "report"]);
+    assert!(ran.success(), "{}", ran.stderr());
+    let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
+    assert!(md.contains("## Linear mode connectivity"), "{md}");
+    let numbers: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report/report.json")).unwrap())
+            .unwrap();
+    let barrier = &numbers["interpolations"][0]["barriers"]["val"];
+    assert!((barrier["loss_a"].as_f64().unwrap() - final_val(1)).abs() < 1e-9, "{barrier}");
+    assert!(barrier["barrier"].as_f64().unwrap() >= 0.0);
+    assert!(dir.path().join("report/interpolation.svg").is_file());
+    let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
+    assert!(html.contains("linear mode connectivity: loss along"));
+
     let mut other = vec!["run", "baseline", "steps=2", "n_layer=2"];
     other.extend(&SMALL_MODEL[1..]);
     assert!(built().lmhost(dir.path(), &other).success());
