@@ -54,7 +54,8 @@ lmhost_kit::knobs! {
         pub eval_every: u64 = 50,
         /// Validation windows of context_length tokens; the same windows for every run.
         pub eval_windows: usize = 32,
-        /// Write a checkpoint every N steps; 0 writes only the final one.
+        /// Write a checkpoint every N steps (and one of the initialisation, at step 0); 0 writes
+        /// only the final one.
         pub checkpoint_every: u64 = 0,
         /// Keep only the last N step checkpoints (0 keeps them all).
         pub keep_checkpoints: u64 = 0,

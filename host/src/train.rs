@@ -402,6 +402,10 @@ impl<'a> Training<'a> {
         result.val_loss = Some(val_loss);
         result.val_accuracy = Some(val_acc);
         result.steps = self.start.step;
+        if self.config.checkpoint_every > 0 && self.start.step == 0 {
+            // The initialisation itself: where `lmhost branch --at 0` starts children.
+            self.checkpoint(0)?;
+        }
         let mut interval = (Duration::ZERO, 0u64);
         for step in self.start.step + 1..=steps {
             let (loss, step_time) = self.train_step(step)?;

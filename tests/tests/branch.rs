@@ -13,7 +13,7 @@ fn children_share_the_parents_past_and_differ_in_their_future() {
     let missing = built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "4"]);
     assert!(!missing.success());
     assert!(
-        missing.stderr().contains("no checkpoint at step 4 (it has: step_000003"),
+        missing.stderr().contains("no checkpoint at step 4 (it has: step_000000.safetensors, step_000003"),
         "{}",
         missing.stderr()
     );
@@ -39,6 +39,16 @@ fn children_share_the_parents_past_and_differ_in_their_future() {
         assert_eq!(child.record["branch"]["step"], 3);
         assert_eq!(child.record["config"]["run"]["seed"], seed);
     }
+
+    // At step 0 a child shares only the initialisation.
+    let ran =
+        built().lmhost(dir.path(), &["branch", parent.to_str().unwrap(), "--at", "0", "--children", "1"]);
+    assert!(ran.success(), "{}", ran.stderr());
+    let all = runs(dir.path());
+    let child = all.iter().find(|r| r.record["branch"]["step"] == 0).unwrap();
+    assert_eq!(child.val_losses()[0], all[0].val_losses()[0], "the same initialisation");
+    let first = child.stats().split(reports::Split::Train).next().unwrap().loss;
+    assert_ne!(first, p[0].1, "another data order from the first step");
 }
 
 #[test]
