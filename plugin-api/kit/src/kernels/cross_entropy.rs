@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::fastmath::{self, exp, sum_map, with_simd};
 use super::{f32s, fused, u32s, ROWS_PER_TASK};
 
 /// Summed cross-entropy in nats and the count of argmax hits.
@@ -27,16 +28,13 @@ fn composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((loss_sum, correct))
 }
 
-/// Max and log-sum-exp of a row, and the index of its (first) maximum.
+/// Log-sum-exp of a row, and the index of its (first) maximum.
 fn row_stats(row: &[f32]) -> (f32, usize) {
-    let (mut max, mut arg) = (f32::NEG_INFINITY, 0);
-    for (j, &x) in row.iter().enumerate() {
-        if x > max {
-            (max, arg) = (x, j);
-        }
-    }
-    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-    (max + sum.ln(), arg)
+    with_simd(|| {
+        let max = fastmath::max(row);
+        let arg = row.iter().position(|&x| x == max).unwrap_or(0);
+        (max + sum_map(row, |x| exp(x - max)).ln(), arg)
+    })
 }
 
 fn check_targets(targets: &[u32], n: usize, v: usize) -> Result<()> {
@@ -123,9 +121,11 @@ impl CustomOp3 for CrossEntropyGrad {
             .for_each(|((out, x), (t, g))| {
                 for (((d, row), &t), &g) in out.chunks_mut(v).zip(x.chunks(v)).zip(t).zip(g) {
                     let (lse, _) = row_stats(row);
-                    for (d, &x) in d.iter_mut().zip(row) {
-                        *d = g * (x - lse).exp();
-                    }
+                    with_simd(|| {
+                        for (d, &x) in d.iter_mut().zip(row) {
+                            *d = g * exp(x - lse);
+                        }
+                    });
                     d[t as usize] -= g;
                 }
             });

@@ -1,10 +1,10 @@
 //! Exact (erf) GELU, `y = x · Φ(x) = ½ x (1 + erf(x/√2))` (Hendrycks & Gimpel 2016), with its
 //! derivative `Φ(x) + x φ(x)` in one backward pass (candle's own backward takes several).
 
-use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fastmath::{erf, exp, with_simd};
 use super::{f32s, fused};
 
 /// Elements per parallel task.
@@ -28,9 +28,11 @@ impl CustomOp1 for GeluErf {
         let x = f32s(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-            }
+            with_simd(|| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            })
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -61,11 +63,13 @@ impl CustomOp2 for GeluErfGrad {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(
             |(d, (x, g))| {
-                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
-                    *d = g * (cdf + x * pdf);
-                }
+                with_simd(|| {
+                    for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                        let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+                        *d = g * (cdf + x * pdf);
+                    }
+                })
             },
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -82,7 +86,7 @@ mod tests {
         let x = var(&[5000], 4, 5.0);
         let (out, g) = grads(&[&x], || gelu_erf(x.as_tensor()));
         let (out_ref, g_ref) = grads(&[&x], || x.as_tensor().gelu_erf());
-        assert_eq!(max_diff(&out, &out_ref), 0.0, "the same formula, the same erf");
+        assert!(max_diff(&out, &out_ref) < 1e-6, "values differ by {}", max_diff(&out, &out_ref));
         assert!(max_diff(&g[0], &g_ref[0]) < 1e-5, "gradient differs by {}", max_diff(&g[0], &g_ref[0]));
     }
 }

@@ -13,6 +13,7 @@
 
 mod bias;
 mod cross_entropy;
+pub mod fastmath;
 mod gelu;
 mod layer_norm;
 mod softmax;

@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::fastmath::{self, dot, exp, sum_map, with_simd};
 use super::{f32s, fused, ROWS_PER_TASK};
 
 /// scores: (..., Tq, Tk) → attention weights of the same shape.
@@ -55,14 +56,14 @@ impl CustomOp1 for CausalSoftmax {
             |(task, (out, x))| {
                 for (i, (y, row)) in out.chunks_mut(tk).zip(x.chunks(tk)).enumerate() {
                     let n = visible(task * ROWS_PER_TASK + i, tq, tk);
-                    let max = row[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
-                    let mut sum = 0.0;
-                    for (y, &v) in y[..n].iter_mut().zip(&row[..n]) {
-                        *y = (v * self.scale - max).exp();
-                        sum += *y;
-                    }
-                    let inv = 1.0 / sum;
-                    y[..n].iter_mut().for_each(|y| *y *= inv);
+                    with_simd(|| {
+                        let max = fastmath::max(&row[..n]) * self.scale;
+                        for (y, &v) in y[..n].iter_mut().zip(&row[..n]) {
+                            *y = exp(v * self.scale - max);
+                        }
+                        let inv = 1.0 / sum_map(&y[..n], |y| y);
+                        y[..n].iter_mut().for_each(|y| *y *= inv);
+                    });
                 }
             },
         );
@@ -101,10 +102,12 @@ impl CustomOp2 for CausalSoftmaxGrad {
             .for_each(|(task, (out, (y, g)))| {
                 for (i, ((d, y), g)) in out.chunks_mut(tk).zip(y.chunks(tk)).zip(g.chunks(tk)).enumerate() {
                     let n = visible(task * ROWS_PER_TASK + i, tq, tk);
-                    let dot: f32 = y[..n].iter().zip(&g[..n]).map(|(y, g)| y * g).sum();
-                    for ((d, &y), &g) in d[..n].iter_mut().zip(&y[..n]).zip(&g[..n]) {
-                        *d = self.scale * y * (g - dot);
-                    }
+                    with_simd(|| {
+                        let dot = dot(&y[..n], &g[..n]);
+                        for ((d, &y), &g) in d[..n].iter_mut().zip(&y[..n]).zip(&g[..n]) {
+                            *d = self.scale * y * (g - dot);
+                        }
+                    });
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The lmc-transformers study at CPU scale: one parent run, pairs of children branched from it at
+# several steps (differing only in data order), each pair interpolated, and one report with the
+# barrier of every pair. Usage: docs/lmc-study.sh [OUT_DIR] [STEPS] [BRANCH_STEPS...]
+set -euo pipefail
+out=${1:-lmc-study}
+steps=${2:-300}
+shift 2 2>/dev/null || shift $#
+at=("${@:-0 15 30 60 120}")
+at=(${at[@]})
+lmhost=${LMHOST:-lmhost}
+mkdir -p "$out"
+cd "$out"
+every=$(printf '%s\n' "${at[@]}" | awk 'function gcd(a,b){return b?gcd(b,a%b):a} {g=gcd(g,$1)} END{print (g?g:1)}')
+"$lmhost" run baseline --runs-dir runs steps="$steps" checkpoint_every="$every" eval_every=50
+parent=$(ls -d runs/*/ | head -1)
+parent=${parent%/}
+tables=()
+for k in "${at[@]}"; do
+  before=$(ls -d runs/*/ | sort)
+  "$lmhost" branch "$parent" --at "$k" --children 2
+  children=($(comm -13 <(echo "$before") <(ls -d runs/*/ | sort)))
+  "$lmhost" interpolate "${children[0]%/}" "${children[1]%/}" --points 11 --out "lmc-at-$k" | grep barrier
+  tables+=("lmc-at-$k")
+done
+"$lmhost" compare "$parent" runs/*/ "${tables[@]}" --out report --overwrite
+grep -A20 "## Linear mode connectivity" report/report.md
