@@ -19,6 +19,7 @@ use candle_nn::VarBuilder;
 
 use std::sync::Mutex;
 
+use crate::kernels;
 use crate::nn::{self, LayerNorm};
 use crate::parts::{
     Attention, Block, Dense, DenseSpec, KvCache, LayerCache, Named, Norm, Recipe, TokenEmbedding,
@@ -138,7 +139,12 @@ impl CausalSelfAttention {
 
     /// Heads y: (B, H, T, D) → merged and projected: (B, T, C).
     pub fn project(&self, y: &Tensor) -> Result<Tensor> {
-        self.c_proj.forward(&nn::merge_heads(y)?)
+        self.project_merged(&nn::merge_heads(y)?)
+    }
+
+    /// Merged heads y: (B, T, C) → projected: (B, T, C).
+    pub fn project_merged(&self, y: &Tensor) -> Result<Tensor> {
+        self.c_proj.forward(y)
     }
 
     /// `c_attn` and `c_proj` in the baseline's layout.
@@ -149,8 +155,18 @@ impl CausalSelfAttention {
 
 impl Attention for CausalSelfAttention {
     fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x)?;
-        self.attend(&q, &k, &v, cache)
+        match cache {
+            // Training and evaluation: one fused op from the q/k/v projection to merged heads.
+            None => self.project_merged(&kernels::causal_self_attention(
+                &self.c_attn.forward(x)?,
+                self.n_head,
+                self.scale,
+            )?),
+            Some(cache) => {
+                let (q, k, v) = self.qkv(x)?;
+                self.attend(&q, &k, &v, Some(cache))
+            }
+        }
     }
 
     fn prod(&self) -> Result<Named> {

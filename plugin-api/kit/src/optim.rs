@@ -214,7 +214,8 @@ mod fused {
     const CHUNK: usize = 1 << 14;
 
     pub fn applies(tensors: &[&Tensor]) -> bool {
-        tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+        !crate::kernels::plain_kernels()
+            && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
     }
 
     #[allow(clippy::too_many_arguments)]

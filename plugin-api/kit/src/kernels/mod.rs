@@ -2,8 +2,9 @@
 //!
 //! A naive candle GPT step spends most of its time outside matmul: every element-wise op and
 //! reduction is a separate pass over memory with a fresh allocation. These kernels do softmax
-//! cross-entropy, causal softmax, LayerNorm, GELU and bias addition in one or two passes each
-//! (forward and backward), split across threads
+//! cross-entropy, causal self-attention (from the fused q/k/v projection to merged heads),
+//! causal softmax, LayerNorm, GELU and bias addition in one or two passes each (forward and
+//! backward), split across threads
 //! by rows. Rows are split in fixed-size chunks, never by thread count, so results do not depend
 //! on how many threads run them.
 //!
@@ -11,6 +12,7 @@
 //! to plain candle ops otherwise (CUDA, bf16), so every device keeps working. Tests check every
 //! kernel against the plain path, values and gradients.
 
+mod attention;
 mod bias;
 mod cross_entropy;
 pub mod fastmath;
@@ -18,6 +20,7 @@ mod gelu;
 mod layer_norm;
 mod softmax;
 
+pub use attention::causal_self_attention;
 pub use bias::add_bias;
 pub use cross_entropy::cross_entropy_sum;
 pub use gelu::gelu_erf;
@@ -29,9 +32,16 @@ use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 /// Rows per parallel task: large enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
 
-/// Whether the fused CPU path applies to these tensors.
+/// Whether the fused CPU path applies to these tensors (and is not turned off).
 fn fused(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    !plain_kernels() && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `LMHOST_PLAIN_KERNELS=1` sends every kernel down its plain candle path: to measure what the
+/// kernels buy, or to check a result against the unoptimised model.
+pub fn plain_kernels() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| std::env::var("LMHOST_PLAIN_KERNELS").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {

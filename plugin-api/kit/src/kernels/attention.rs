@@ -1,0 +1,319 @@
+//! Causal self-attention from the fused q/k/v projection to the merged heads in one op:
+//! `y = merge(softmax(q kᵀ · scale + mask) v)` with q, k, v read in place from `qkv` (B, T, 3C)
+//! and y written as (B, T, C). The plain path splits heads (three copies), transposes k, and
+//! merges heads (another copy); its backward zero-pads each of the three slices of `qkv` to full
+//! size. Here every matrix product is one `gemm` call on strided views, one (batch, head) pair per
+//! task, and the attention weights are kept from the forward for the backward.
+//!
+//! Backward (P the weights, dY the output gradient, per head): dV = Pᵀ dY, dP = dY Vᵀ,
+//! dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), dQ = dS K, dK = dSᵀ Q.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::fastmath::{self, dot, exp, sum_map, with_simd};
+use super::{f32s, fused};
+
+/// qkv: (B, T, 3C), the q, k and v projections side by side, each with `n_head` heads of C/H
+/// columns → (B, T, C). Falls back to plain candle ops off the CPU or for other dtypes.
+pub fn causal_self_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
+    let (_, _, c3) = qkv.dims3()?;
+    if c3 % 3 != 0 || (c3 / 3) % n_head != 0 {
+        candle_core::bail!("attention: {c3} columns are not q, k and v of {n_head} heads");
+    }
+    if fused(&[qkv]) {
+        let op = FusedAttention { n_head, scale: scale as f32, weights: Mutex::new(None) };
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    composed(qkv, n_head, scale)
+}
+
+/// The same with plain candle ops (CUDA, bf16), as the baseline wrote it before.
+fn composed(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
+    let c = qkv.dim(2)? / 3;
+    let heads = |i: usize| crate::nn::split_heads(&qkv.narrow(2, i * c, c)?, n_head);
+    let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+    let scores = q.matmul(&k.t()?)?;
+    crate::nn::merge_heads(&super::causal_softmax(&scores, scale)?.matmul(&v)?)
+}
+
+/// Dimensions of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(l: &Layout, n_head: usize) -> Result<Self> {
+        let (b, t, c3) = l.shape().dims3()?;
+        let c = c3 / 3;
+        Ok(Self { b, t, c, h: n_head, d: c / n_head })
+    }
+
+    /// Offset in `qkv` of head `h`'s block `part` (0 q, 1 k, 2 v) at time 0 of batch row `b`.
+    fn qkv_offset(&self, item: usize, part: usize) -> usize {
+        let (b, h) = (item / self.h, item % self.h);
+        b * self.t * 3 * self.c + part * self.c + h * self.d
+    }
+
+    /// Offset in y (B, T, C) of head `h` at time 0 of batch row `b`.
+    fn y_offset(&self, item: usize) -> usize {
+        let (b, h) = (item / self.h, item % self.h);
+        b * self.t * self.c + h * self.d
+    }
+}
+
+/// A pointer tasks write through, each to its own head's columns only.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// Safety: every task writes a disjoint set of elements (its own (batch, head) columns).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// dst (m × n, strides rs/cs) = lhs (m × k) · rhs (k × n), single-threaded (tasks are parallel).
+/// Safety: the pointers and strides must describe valid, non-overlapping matrices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// The causal attention weights of one (batch, head): P = softmax(scale · Q Kᵀ + mask), (T × T)
+/// row-major, masked entries 0.
+fn weights(qkv: &[f32], dims: Dims, item: usize, scale: f32, p: &mut [f32]) {
+    let (t, d, row) = (dims.t, dims.d, 3 * dims.c);
+    // Safety: q and k are (T × D) views of qkv with row stride 3C; p is T × T.
+    unsafe {
+        matmul(
+            (t, t, d),
+            p.as_mut_ptr(),
+            (t, 1),
+            qkv.as_ptr().add(dims.qkv_offset(item, 0)),
+            (row, 1),
+            qkv.as_ptr().add(dims.qkv_offset(item, 1)),
+            (1, row),
+        );
+    }
+    with_simd(|| {
+        for (i, r) in p.chunks_mut(t).enumerate() {
+            let (seen, masked) = r.split_at_mut(i + 1);
+            let max = fastmath::max(seen) * scale;
+            seen.iter_mut().for_each(|s| *s = exp(*s * scale - max));
+            let inv = 1.0 / sum_map(seen, |s| s);
+            seen.iter_mut().for_each(|s| *s *= inv);
+            masked.fill(0.0);
+        }
+    });
+}
+
+struct FusedAttention {
+    n_head: usize,
+    scale: f32,
+    /// The forward's attention weights (B·H × T × T), for the backward.
+    weights: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "causal-self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32s(s, l, self.name())?;
+        let dims = Dims::of(l, self.n_head)?;
+        let (t, d, c) = (dims.t, dims.d, dims.c);
+        let mut y = vec![0f32; dims.b * t * c];
+        let mut p = vec![0f32; dims.b * dims.h * t * t];
+        let out = Shared(y.as_mut_ptr());
+        p.par_chunks_mut(t * t).enumerate().for_each(|(item, p)| {
+            weights(qkv, dims, item, self.scale, p);
+            let out = out;
+            // Safety: y (T × D) is this item's own columns of the output, row stride C.
+            unsafe {
+                matmul(
+                    (t, d, t),
+                    out.0.add(dims.y_offset(item)),
+                    (c, 1),
+                    p.as_ptr(),
+                    (t, 1),
+                    qkv.as_ptr().add(dims.qkv_offset(item, 2)),
+                    (3 * c, 1),
+                );
+            }
+        });
+        *self.weights.lock().expect("attention weights lock") = Some(p);
+        Ok((CpuStorage::F32(y), Shape::from((dims.b, t, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let kept = self.weights.lock().expect("attention weights lock").take();
+        let op = FusedAttentionGrad { n_head: self.n_head, scale: self.scale, weights: Mutex::new(kept) };
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+/// (qkv, dY) → dqkv, with the forward's weights when it kept them (recomputed otherwise).
+struct FusedAttentionGrad {
+    n_head: usize,
+    scale: f32,
+    weights: Mutex<Option<Vec<f32>>>,
+}
+
+impl candle_core::CustomOp2 for FusedAttentionGrad {
+    fn name(&self) -> &'static str {
+        "causal-self-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32s(s1, l1, self.name())?;
+        let dy = f32s(s2, l2, self.name())?;
+        let dims = Dims::of(l1, self.n_head)?;
+        let (t, d, c) = (dims.t, dims.d, dims.c);
+        let items = dims.b * dims.h;
+        let kept = self.weights.lock().expect("attention weights lock").take();
+        let recompute = kept.as_ref().is_none_or(|p| p.len() != items * t * t);
+        let mut p = if recompute { vec![0f32; items * t * t] } else { kept.expect("checked") };
+        let mut dqkv = vec![0f32; qkv.len()];
+        let out = Shared(dqkv.as_mut_ptr());
+        let row = 3 * c;
+        p.par_chunks_mut(t * t).enumerate().for_each_init(
+            || vec![0f32; t * t],
+            |ds, (item, p)| {
+                if recompute {
+                    weights(qkv, dims, item, self.scale, p);
+                }
+                let out = out;
+                let dy_h = dy[dims.y_offset(item)..].as_ptr();
+                let part = |i| qkv[dims.qkv_offset(item, i)..].as_ptr();
+                let (q, k, v) = (part(0), part(1), part(2));
+                // Safety: every view below is inside qkv, dY, p, ds or this item's own columns
+                // of dqkv, with the strides of its layout.
+                unsafe {
+                    // dV = Pᵀ dY
+                    matmul(
+                        (t, d, t),
+                        out.0.add(dims.qkv_offset(item, 2)),
+                        (row, 1),
+                        p.as_ptr(),
+                        (1, t),
+                        dy_h,
+                        (c, 1),
+                    );
+                    // dP = dY Vᵀ
+                    matmul((t, t, d), ds.as_mut_ptr(), (t, 1), dy_h, (c, 1), v, (1, row));
+                }
+                with_simd(|| {
+                    for (i, (ds, p)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+                        let (ds, p) = (&mut ds[..=i], &p[..=i]);
+                        let dot = dot(p, ds);
+                        for (s, &p) in ds.iter_mut().zip(p) {
+                            *s = self.scale * p * (*s - dot);
+                        }
+                    }
+                    for (i, r) in ds.chunks_mut(t).enumerate() {
+                        r[i + 1..].fill(0.0);
+                    }
+                });
+                unsafe {
+                    // dQ = dS K, dK = dSᵀ Q
+                    matmul(
+                        (t, d, t),
+                        out.0.add(dims.qkv_offset(item, 0)),
+                        (row, 1),
+                        ds.as_ptr(),
+                        (t, 1),
+                        k,
+                        (row, 1),
+                    );
+                    matmul(
+                        (t, d, t),
+                        out.0.add(dims.qkv_offset(item, 1)),
+                        (row, 1),
+                        ds.as_ptr(),
+                        (1, t),
+                        q,
+                        (row, 1),
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::{grads, max_diff, var};
+
+    #[test]
+    fn fused_matches_plain_candle_in_value_and_gradient() {
+        for (b, t, h, d) in [(2, 7, 3, 4), (1, 1, 1, 8), (3, 40, 2, 16)] {
+            let qkv = var(&[b, t, 3 * h * d], 7, 2.0);
+            let scale = 1.0 / (d as f64).sqrt();
+            let (out, g) = grads(&[&qkv], || causal_self_attention(qkv.as_tensor(), h, scale));
+            let (out_ref, g_ref) = grads(&[&qkv], || composed(qkv.as_tensor(), h, scale));
+            assert_eq!(out.dims(), &[b, t, h * d]);
+            assert!(max_diff(&out, &out_ref) < 1e-5, "{b}×{t}×{h}×{d}: {}", max_diff(&out, &out_ref));
+            assert!(
+                max_diff(&g[0], &g_ref[0]) < 1e-5,
+                "{b}×{t}×{h}×{d}: gradient {}",
+                max_diff(&g[0], &g_ref[0])
+            );
+        }
+    }
+
+    #[test]
+    fn the_backward_recomputes_the_weights_when_they_were_not_kept() {
+        let qkv = var(&[2, 9, 12], 3, 1.0);
+        let dy = Tensor::ones((2, 9, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let op = |kept| FusedAttentionGrad { n_head: 2, scale: 0.5, weights: Mutex::new(kept) };
+        let fresh = qkv.as_tensor().apply_op2_no_bwd(&dy, &op(None)).unwrap();
+        let forward = FusedAttention { n_head: 2, scale: 0.5, weights: Mutex::new(None) };
+        qkv.as_tensor().apply_op1_no_bwd(&forward).unwrap();
+        let kept = forward.weights.lock().unwrap().take();
+        assert!(kept.is_some());
+        let reused = qkv.as_tensor().apply_op2_no_bwd(&dy, &op(kept)).unwrap();
+        assert_eq!(max_diff(&fresh, &reused), 0.0);
+    }
+}
