@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::fastmath::{self, dot, exp, sum_map, with_simd};
+use super::fastmath::{self, dot, exp, simd_fn, sum_map};
 use super::{f32s, fused};
 
 /// qkv: (B, T, 3C), the q, k and v projections side by side, each with `n_head` heads of C/H
@@ -128,16 +128,31 @@ fn weights(qkv: &[f32], dims: Dims, item: usize, scale: f32, p: &mut [f32]) {
             (1, row),
         );
     }
-    with_simd(|| {
-        for (i, r) in p.chunks_mut(t).enumerate() {
-            let (seen, masked) = r.split_at_mut(i + 1);
-            let max = fastmath::max(seen) * scale;
-            seen.iter_mut().for_each(|s| *s = exp(*s * scale - max));
-            let inv = 1.0 / sum_map(seen, |s| s);
-            seen.iter_mut().for_each(|s| *s *= inv);
-            masked.fill(0.0);
+    for (i, r) in p.chunks_mut(t).enumerate() {
+        let (seen, masked) = r.split_at_mut(i + 1);
+        softmax_in_place(seen, scale);
+        masked.fill(0.0);
+    }
+}
+
+simd_fn! {
+    /// s ← softmax(s · scale), one row's visible scores.
+    fn softmax_in_place(s: &mut [f32], scale: f32) {
+        let max = fastmath::max(s) * scale;
+        s.iter_mut().for_each(|s| *s = exp(*s * scale - max));
+        let inv = 1.0 / sum_map(s, |s| s);
+        s.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
+simd_fn! {
+    /// dp ← scale · p ⊙ (dp − p·dp): the gradient of one row's scores from its weights' gradient.
+    fn softmax_grad_in_place(dp: &mut [f32], p: &[f32], scale: f32) {
+        let dot = dot(p, dp);
+        for (s, &p) in dp.iter_mut().zip(p) {
+            *s = scale * p * (*s - dot);
         }
-    });
+    }
 }
 
 struct FusedAttention {
@@ -242,18 +257,11 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
                     // dP = dY Vᵀ
                     matmul((t, t, d), ds.as_mut_ptr(), (t, 1), dy_h, (c, 1), v, (1, row));
                 }
-                with_simd(|| {
-                    for (i, (ds, p)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
-                        let (ds, p) = (&mut ds[..=i], &p[..=i]);
-                        let dot = dot(p, ds);
-                        for (s, &p) in ds.iter_mut().zip(p) {
-                            *s = self.scale * p * (*s - dot);
-                        }
-                    }
-                    for (i, r) in ds.chunks_mut(t).enumerate() {
-                        r[i + 1..].fill(0.0);
-                    }
-                });
+                for (i, (ds, p)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+                    let (seen, masked) = ds.split_at_mut(i + 1);
+                    softmax_grad_in_place(seen, &p[..=i], self.scale);
+                    masked.fill(0.0);
+                }
                 unsafe {
                     // dQ = dS K, dK = dSᵀ Q
                     matmul(

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fastmath::{self, exp, sum_map, with_simd};
+use super::fastmath::{self, exp, simd_fn, sum_map};
 use super::{f32s, fused, u32s, ROWS_PER_TASK};
 
 /// Summed cross-entropy in nats and the count of argmax hits.
@@ -28,13 +28,22 @@ fn composed(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((loss_sum, correct))
 }
 
-/// Log-sum-exp of a row, and the index of its (first) maximum.
-fn row_stats(row: &[f32]) -> (f32, usize) {
-    with_simd(|| {
+simd_fn! {
+    /// Log-sum-exp of a row, and the index of its (first) maximum.
+    fn row_stats(row: &[f32]) -> (f32, usize) {
         let max = fastmath::max(row);
         let arg = row.iter().position(|&x| x == max).unwrap_or(0);
         (max + sum_map(row, |x| exp(x - max)).ln(), arg)
-    })
+    }
+}
+
+simd_fn! {
+    /// d = g · exp(x − lse): softmax scaled by the row's output gradient.
+    fn scaled_softmax(d: &mut [f32], row: &[f32], lse: f32, g: f32) {
+        for (d, &x) in d.iter_mut().zip(row) {
+            *d = g * exp(x - lse);
+        }
+    }
 }
 
 fn check_targets(targets: &[u32], n: usize, v: usize) -> Result<()> {
@@ -121,11 +130,7 @@ impl CustomOp3 for CrossEntropyGrad {
             .for_each(|((out, x), (t, g))| {
                 for (((d, row), &t), &g) in out.chunks_mut(v).zip(x.chunks(v)).zip(t).zip(g) {
                     let (lse, _) = row_stats(row);
-                    with_simd(|| {
-                        for (d, &x) in d.iter_mut().zip(row) {
-                            *d = g * exp(x - lse);
-                        }
-                    });
+                    scaled_softmax(d, row, lse, g);
                     d[t as usize] -= g;
                 }
             });

@@ -1,8 +1,8 @@
 //! exp and erf as branch-free polynomials, so the loops of the kernels that call them vectorise
-//! (libm's `expf` and candle's `erf` are scalar calls: they were a tenth of a CPU step), and
-//! [`with_simd`], which compiles such a loop for AVX2+FMA when the CPU has them.
+//! (libm's `expf` and candle's `erf` are scalar calls: they were a tenth of a CPU step), lane
+//! reductions, and [`simd_fn!`], which compiles such a loop for AVX2+FMA when the CPU has them.
 
-/// eˣ for f32 within 2 ulp over [−87.3, 88.7] (Cephes `expf`: x = k ln 2 + r, |r| ≤ ½ ln 2,
+/// eˣ for f32 within 2 ulp over [−87.3, 88.3] (Cephes `expf`: x = k ln 2 + r, |r| ≤ ½ ln 2,
 /// eʳ by a degree-7 polynomial, 2ᵏ through the exponent bits). Below −87.3 it returns about
 /// 1e−38 instead of a subnormal or 0; callers subtract a row maximum first, so such terms are
 /// negligible either way.
@@ -11,10 +11,13 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.7);
-    // Round to nearest with the 1.5·2²³ trick: `round()` is a libm call that blocks vectorising.
+    let x = x.clamp(-87.3, 88.3);
+    // Round to nearest with the 1.5·2²³ trick (`round()` is a libm call that blocks vectorising);
+    // the sum's low mantissa bits are then k itself, read without a float-to-int conversion.
     const SHIFT: f32 = 12_582_912.0;
-    let k = (x * LOG2E + SHIFT) - SHIFT;
+    let shifted = x * LOG2E + SHIFT;
+    let k = shifted - SHIFT;
+    let two_k = f32::from_bits((((shifted.to_bits() as i32) - 0x4B40_0000 + 127) as u32) << 23);
     let r = x - k * LN2_HI - k * LN2_LO;
     // Plain multiply-adds: `mul_add` without hardware FMA is a slow libm call.
     let p = ((((1.987_569_1e-4_f32 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -22,7 +25,7 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    er * two_k
 }
 
 /// erf(x) for f32 with absolute error below 1e−6 (1.5e−7 in exact arithmetic, the rest f32
@@ -91,23 +94,43 @@ pub fn max(xs: &[f32]) -> f32 {
     acc.iter().fold(rest, |m, &x| m.max(x))
 }
 
-/// Runs `f`, compiled for AVX2 and FMA when this CPU has them, so the loops inlined into it
-/// vectorise 8 wide; elsewhere (and off x86-64) as the build's baseline target.
-#[inline(always)]
-pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+/// Whether this CPU runs the AVX2+FMA versions that [`simd_fn!`] compiles.
+#[inline]
+pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // Safety: the CPU has the features `avx2` was compiled for (checked just above).
-            return unsafe { avx2(f) };
-        }
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
+
+/// `simd_fn! { fn name(args) -> R { body } }` defines `name`, whose body runs compiled for
+/// AVX2+FMA when the CPU has them (the loops in it then vectorise 8 wide) and for the build's
+/// baseline target otherwise. The body is inlined into a `#[target_feature]` function, the one
+/// way to have it compiled for those features that does not depend on the inliner's mood.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                generic($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::fastmath::has_avx2() {
+                // Safety: the CPU has the features `avx2` was compiled for.
+                return unsafe { avx2($($arg),*) };
+            }
+            generic($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_fn;
 
 #[cfg(test)]
 mod tests {
@@ -149,12 +172,17 @@ mod tests {
         assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
 
+    simd_fn! {
+        fn exp_plus_erf(xs: &[f32]) -> Vec<f32> {
+            xs.iter().map(|&x| exp(x) + erf(x)).collect()
+        }
+    }
+
     #[test]
     fn simd_dispatch_gives_the_same_numbers() {
         let xs: Vec<f32> = (0..1000).map(|i| i as f32 * 0.01 - 5.0).collect();
         let plain: Vec<f32> = xs.iter().map(|&x| exp(x) + erf(x)).collect();
-        let fast: Vec<f32> = with_simd(|| xs.iter().map(|&x| exp(x) + erf(x)).collect());
-        for (a, b) in plain.iter().zip(&fast) {
+        for (a, b) in plain.iter().zip(&exp_plus_erf(&xs)) {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
         }
     }

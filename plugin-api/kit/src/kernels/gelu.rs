@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::{erf, exp, with_simd};
+use super::fastmath::{erf, exp, simd_fn};
 use super::{f32s, fused};
 
 /// Elements per parallel task.
@@ -17,6 +17,28 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
 
+simd_fn! {
+    /// y = ½ x (1 + erf(x/√2)).
+    fn forward(y: &mut [f32], x: &[f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+simd_fn! {
+    /// d = g · (Φ(x) + x φ(x)).
+    fn backward(d: &mut [f32], x: &[f32], g: &[f32]) {
+        // 1/√(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+            *d = g * (cdf + x * pdf);
+        }
+    }
+}
+
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {
@@ -27,13 +49,7 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            with_simd(|| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            })
-        });
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| forward(y, x));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -58,20 +74,10 @@ impl CustomOp2 for GeluErfGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s1, l1, self.name())?;
         let g = f32s(s2, l2, self.name())?;
-        // 1/√(2π)
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(
-            |(d, (x, g))| {
-                with_simd(|| {
-                    for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                        let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                        let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-                        *d = g * (cdf + x * pdf);
-                    }
-                })
-            },
-        );
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (x, g))| backward(d, x, g));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

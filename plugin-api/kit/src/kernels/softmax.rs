@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fastmath::{self, dot, exp, sum_map, with_simd};
+use super::fastmath::{self, dot, exp, simd_fn, sum_map};
 use super::{f32s, fused, ROWS_PER_TASK};
 
 /// scores: (..., Tq, Tk) → attention weights of the same shape.
@@ -30,6 +30,28 @@ fn composed(scores: &Tensor, scale: f64) -> Result<Tensor> {
         .collect();
     let mask = Tensor::from_vec(mask, (tq, tk), scores.device())?.to_dtype(scores.dtype())?;
     candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
+}
+
+simd_fn! {
+    /// y = softmax(x · scale) over the visible part of one row.
+    pub(super) fn softmax_row(y: &mut [f32], x: &[f32], scale: f32) {
+        let max = fastmath::max(x) * scale;
+        for (y, &v) in y.iter_mut().zip(x) {
+            *y = exp(v * scale - max);
+        }
+        let inv = 1.0 / sum_map(y, |y| y);
+        y.iter_mut().for_each(|y| *y *= inv);
+    }
+}
+
+simd_fn! {
+    /// d = scale · y ⊙ (g − y·g) over the visible part of one row.
+    pub(super) fn softmax_grad_row(d: &mut [f32], y: &[f32], g: &[f32], scale: f32) {
+        let dot = dot(y, g);
+        for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+            *d = scale * y * (g - dot);
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -56,14 +78,7 @@ impl CustomOp1 for CausalSoftmax {
             |(task, (out, x))| {
                 for (i, (y, row)) in out.chunks_mut(tk).zip(x.chunks(tk)).enumerate() {
                     let n = visible(task * ROWS_PER_TASK + i, tq, tk);
-                    with_simd(|| {
-                        let max = fastmath::max(&row[..n]) * self.scale;
-                        for (y, &v) in y[..n].iter_mut().zip(&row[..n]) {
-                            *y = exp(v * self.scale - max);
-                        }
-                        let inv = 1.0 / sum_map(&y[..n], |y| y);
-                        y[..n].iter_mut().for_each(|y| *y *= inv);
-                    });
+                    softmax_row(&mut y[..n], &row[..n], self.scale);
                 }
             },
         );
@@ -102,12 +117,7 @@ impl CustomOp2 for CausalSoftmaxGrad {
             .for_each(|(task, (out, (y, g)))| {
                 for (i, ((d, y), g)) in out.chunks_mut(tk).zip(y.chunks(tk)).zip(g.chunks(tk)).enumerate() {
                     let n = visible(task * ROWS_PER_TASK + i, tq, tk);
-                    with_simd(|| {
-                        let dot = dot(&y[..n], &g[..n]);
-                        for ((d, &y), &g) in d[..n].iter_mut().zip(&y[..n]).zip(&g[..n]) {
-                            *d = self.scale * y * (g - dot);
-                        }
-                    });
+                    softmax_grad_row(&mut d[..n], &y[..n], &g[..n], self.scale);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
