@@ -19,15 +19,11 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// x: (..., in) → (..., out), as one (N, in) × (in, out) matmul.
+    /// x: (..., in) → (..., out), as one (N, in) × (in, out) matmul with the bias.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
-        let y = x.reshape(((), in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => kernels::add_bias(&y, b)?,
-            None => y,
-        };
+        let y = kernels::linear(&x.reshape(((), in_dim))?, &self.weight, self.bias.as_ref())?;
         dims.push(self.weight.dim(0)?);
         y.reshape(dims)
     }

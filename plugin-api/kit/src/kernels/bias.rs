@@ -52,9 +52,14 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum { columns: b.elem_count() })?;
+        let db = column_sum(grad, b.elem_count())?;
         Ok((Some(grad.clone()), Some(db)))
     }
+}
+
+/// g: (..., columns) → (columns,), summed over all leading dimensions (no gradient).
+pub(super) fn column_sum(g: &Tensor, columns: usize) -> Result<Tensor> {
+    g.contiguous()?.apply_op1_no_bwd(&ColumnSum { columns })
 }
 
 /// Sums a contiguous (..., columns) tensor over all but its last dimension.

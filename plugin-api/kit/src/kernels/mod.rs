@@ -3,7 +3,7 @@
 //! A naive candle GPT step spends most of its time outside matmul: every element-wise op and
 //! reduction is a separate pass over memory with a fresh allocation. These kernels do softmax
 //! cross-entropy, causal self-attention (from the fused q/k/v projection to merged heads),
-//! causal softmax, LayerNorm, GELU and bias addition in one or two passes each (forward and
+//! dense layers with their bias, causal softmax, LayerNorm, GELU and bias addition in one or two passes each (forward and
 //! backward), split across threads
 //! by rows. Rows are split in fixed-size chunks, never by thread count, so results do not depend
 //! on how many threads run them.
@@ -18,6 +18,7 @@ mod cross_entropy;
 pub mod fastmath;
 mod gelu;
 mod layer_norm;
+mod linear;
 mod softmax;
 
 pub use attention::causal_self_attention;
@@ -25,6 +26,7 @@ pub use bias::add_bias;
 pub use cross_entropy::cross_entropy_sum;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use softmax::causal_softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};

@@ -1478,7 +1478,16 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // lmhost's patch: gemm is called with read_dst = false, so it writes every element of
+        // the destination and zeroing it first is a wasted pass (k = 0 writes nothing: zeros).
+        let mut dst = if k == 0 {
+            vec![T::zero(); b * m * n]
+        } else {
+            let mut dst = Vec::with_capacity(b * m * n);
+            // Safety: every element is written by gemm below before anything reads it.
+            unsafe { dst.set_len(b * m * n) };
+            dst
+        };
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
