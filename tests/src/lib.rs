@@ -54,8 +54,14 @@ impl Built {
 
     /// `lmhost ARGS` run in `dir`, with the shared test cache.
     pub fn lmhost(&self, dir: &Path, args: &[&str]) -> Ran {
+        self.lmhost_with_env(dir, args, &[])
+    }
+
+    /// `lmhost ARGS` with extra environment variables.
+    pub fn lmhost_with_env(&self, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
         let out = Command::new(self.lmhost_path())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .env("LMHOST_CACHE", self.cache_dir())
             .env_remove("LMHOST_LOG")

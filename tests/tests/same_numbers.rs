@@ -68,3 +68,27 @@ fn a_matching_finished_baseline_is_reused() {
     a.push("lr=3e-4");
     assert!(!built().lmhost(dir.path(), &a).stdout().contains("reusing"));
 }
+
+#[test]
+fn the_fused_kernels_train_the_model_the_plain_candle_path_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let losses = |runs_dir: &str, env: &[(&str, &str)]| {
+        let mut a = vec!["run", "baseline", "--runs-dir", runs_dir];
+        a.extend(args(&["seed=5"]));
+        let ran = built().lmhost_with_env(dir.path(), &a, env);
+        assert!(ran.success(), "{}", ran.stderr());
+        let run = lmhost_tests::run_folders(&dir.path().join(runs_dir)).remove(0);
+        run.stats()
+            .rows
+            .iter()
+            .filter(|r| r.metric.is_none())
+            .map(|r| (r.step, r.loss.unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let fused = losses("fused", &[]);
+    let plain = losses("plain", &[("LMHOST_PLAIN_KERNELS", "1")]);
+    assert_eq!(fused.len(), plain.len());
+    for ((step, f), (_, p)) in fused.iter().zip(&plain).filter(|(r, _)| r.0 <= 4) {
+        assert!((f - p).abs() < 1e-4 * p, "step {step}: fused {f} vs plain {p}");
+    }
+}
