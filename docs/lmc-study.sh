@@ -2,6 +2,7 @@
 # The lmc-transformers study at CPU scale: one parent run, pairs of children branched from it at
 # several steps (differing only in data order), each pair interpolated, and one report with the
 # barrier of every pair. Usage: docs/lmc-study.sh [OUT_DIR] [STEPS] [BRANCH_STEPS...]
+# Host keys for the parent (and so its children) in LMC_KEYS, e.g. LMC_KEYS="lr=3e-3 seed=7".
 set -euo pipefail
 out=${1:-lmc-study}
 steps=${2:-300}
@@ -12,7 +13,7 @@ lmhost=${LMHOST:-lmhost}
 mkdir -p "$out"
 cd "$out"
 every=$(printf '%s\n' "${at[@]}" | awk 'function gcd(a,b){return b?gcd(b,a%b):a} {g=gcd(g,$1)} END{print (g?g:1)}')
-"$lmhost" run baseline --runs-dir runs steps="$steps" checkpoint_every="$every" eval_every=50
+"$lmhost" run baseline --runs-dir runs steps="$steps" checkpoint_every="$every" eval_every=50 ${LMC_KEYS:-}
 parent=$(ls -d runs/*/ | head -1)
 parent=${parent%/}
 tables=()

@@ -96,9 +96,14 @@ pub fn interpolate_command(args: &InterpolateArgs) -> Result<bool> {
     let name = format!("interpolate-{}-{}", file_name(&args.a), file_name(&args.b));
     let out = args.out.clone().unwrap_or_else(|| Path::new("reports").join(name));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let branched_at = match (&run.record.branch, &other.branch) {
+        (Some(x), Some(y)) if x == y => Some(x.step),
+        _ => None,
+    };
     let table = reports::Interpolation {
         a: args.a.display().to_string(),
         b: args.b.display().to_string(),
+        branched_at,
         points: rows
             .iter()
             .map(|&(alpha, split, loss, accuracy)| reports::InterpolationPoint {

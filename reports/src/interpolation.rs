@@ -30,6 +30,8 @@ pub struct Interpolation {
     /// The run folders at α = 0 and α = 1.
     pub a: String,
     pub b: String,
+    /// The step both runs were branched from one parent at (`lmhost branch`), when they were.
+    pub branched_at: Option<u64>,
     pub points: Vec<InterpolationPoint>,
 }
 
@@ -43,6 +45,10 @@ pub struct Barrier {
     pub peak_alpha: f64,
     /// `peak − (loss_a + loss_b) / 2`.
     pub barrier: f64,
+    /// The largest rise above the straight line between the ends' losses,
+    /// `max_α L(α) − ((1 − α) L(0) + α L(1))`: 0 when the path has no bump, however far apart
+    /// the ends are (the barrier alone then shows half their difference).
+    pub above_line: f64,
 }
 
 impl Interpolation {
@@ -67,12 +73,15 @@ impl Interpolation {
         let (first, last) = (line.first()?, line.last()?);
         let peak =
             line.iter().copied().fold((f64::NAN, f64::NEG_INFINITY), |m, p| if p.1 > m.1 { p } else { m });
+        let above_line =
+            line.iter().map(|&(a, l)| l - ((1.0 - a) * first.1 + a * last.1)).fold(0.0, f64::max);
         Some(Barrier {
             loss_a: first.1,
             loss_b: last.1,
             peak: peak.1,
             peak_alpha: peak.0,
             barrier: peak.1 - (first.1 + last.1) / 2.0,
+            above_line,
         })
     }
 
@@ -87,7 +96,11 @@ impl Interpolation {
         let floats = |f: fn(&InterpolationPoint) -> f64| {
             Arc::new(self.points.iter().map(f).collect::<Float64Array>()) as ArrayRef
         };
-        let metadata = HashMap::from([("a".to_owned(), self.a.clone()), ("b".to_owned(), self.b.clone())]);
+        let mut metadata =
+            HashMap::from([("a".to_owned(), self.a.clone()), ("b".to_owned(), self.b.clone())]);
+        if let Some(step) = self.branched_at {
+            metadata.insert("branched_at".to_owned(), step.to_string());
+        }
         let schema = Schema::new(vec![
             Field::new("alpha", DataType::Float64, false),
             Field::new("split", DataType::Utf8, false),
@@ -161,7 +174,8 @@ impl Interpolation {
         if points.is_empty() {
             return Err(bad("no rows".into()));
         }
-        Ok(Self { a, b, points })
+        let branched_at = metadata.get("branched_at").and_then(|s| s.parse().ok());
+        Ok(Self { a, b, branched_at, points })
     }
 }
 
@@ -186,7 +200,7 @@ mod tests {
                 })
             })
             .collect();
-        let table = Interpolation { a: "runs/x".into(), b: "runs/y".into(), points };
+        let table = Interpolation { a: "runs/x".into(), b: "runs/y".into(), branched_at: Some(7), points };
         table.write(&dir.path().join(FILE_NAME)).unwrap();
         assert!(is_interpolation(dir.path()));
         let back = Interpolation::read(dir.path()).unwrap();
@@ -195,6 +209,7 @@ mod tests {
         let val = back.barrier("val").unwrap();
         assert_eq!((val.loss_a, val.loss_b, val.peak_alpha), (3.0, 3.2, 0.5));
         assert!((val.barrier - (4.1 - 3.1)).abs() < 1e-12);
+        assert!((val.above_line - (4.1 - 3.1)).abs() < 1e-12, "the bump at ½ over the line's 3.1");
         assert!((back.barrier("train").unwrap().barrier - 0.5).abs() < 1e-12);
         assert_eq!(back.label(), "x ↔ y");
 

@@ -248,7 +248,16 @@ fn interpolation_figure(c: &Comparison) -> Figure {
 
 /// (header, rows) of the barrier table: one row per interpolation and split.
 fn interpolation_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let header = vec!["A ↔ B", "split", "loss at A", "loss at B", "highest loss (at α)", "barrier"];
+    let header = vec![
+        "A ↔ B",
+        "branched at step",
+        "split",
+        "loss at A",
+        "loss at B",
+        "highest loss (at α)",
+        "barrier",
+        "above the line",
+    ];
     let rows = c
         .interpolations
         .iter()
@@ -257,18 +266,20 @@ fn interpolation_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) 
             let b = t.barrier(&split)?;
             Some(vec![
                 t.label(),
+                t.branched_at.map_or("–".into(), |s| s.to_string()),
                 split,
                 format!("{:.4}", b.loss_a),
                 format!("{:.4}", b.loss_b),
                 format!("{:.4} ({:.2})", b.peak, b.peak_alpha),
                 format!("{:.4}", b.barrier),
+                format!("{:.4}", b.above_line),
             ])
         })
         .collect();
     (header, rows)
 }
 
-const INTERPOLATION_NOTE: &str = "Barrier: the highest loss on the linear path between the two runs' weights minus the mean of the two ends' losses (Frankle et al. 2020, §2); near 0 means the runs are linearly connected.";
+const INTERPOLATION_NOTE: &str = "Barrier: the highest loss on the linear path between the two runs' weights minus the mean of the two ends' losses (Frankle et al. 2020, §2); near 0 means the runs are linearly connected. Above the line: the largest rise over the straight line between the ends' losses (0 when the highest loss is an end).";
 
 fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let header = vec![
@@ -436,6 +447,7 @@ fn numbers(c: &Comparison, summaries: &[Summary]) -> serde_json::Value {
         "interpolations": c.interpolations.iter().map(|t| json!({
             "a": t.a,
             "b": t.b,
+            "branched_at": t.branched_at,
             "barriers": t.splits().into_iter().map(|s| (s.clone(), t.barrier(&s))).collect::<std::collections::BTreeMap<_, _>>(),
         })).collect::<Vec<_>>(),
         "runs": c.groups.iter().flat_map(|g| g.runs.iter().map(move |r| json!({

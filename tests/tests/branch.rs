@@ -97,6 +97,8 @@ fn interpolating_two_children_measures_the_path_between_them() {
     let barrier = &numbers["interpolations"][0]["barriers"]["val"];
     assert!((barrier["loss_a"].as_f64().unwrap() - final_val(1)).abs() < 1e-9, "{barrier}");
     assert!(barrier["barrier"].as_f64().unwrap() >= 0.0);
+    assert!(barrier["above_line"].as_f64().unwrap() >= 0.0);
+    assert_eq!(numbers["interpolations"][0]["branched_at"], 2, "both children of the parent at step 2");
     assert!(dir.path().join("report/interpolation.svg").is_file());
     let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
     assert!(html.contains("linear mode connectivity: loss along"));
