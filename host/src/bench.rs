@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Where tokenizers and token caches go.
     #[arg(long, env = "LMHOST_CACHE")]
     cache_dir: Option<PathBuf>,
+    /// Also time a step's parts: the forward pass alone (as evaluation runs it), forward and
+    /// backward, and the optimiser step (clipping included).
+    #[arg(long)]
+    phases: bool,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<bool> {
@@ -72,6 +76,9 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
             rates.push(rate);
         }
     }
+    if args.phases {
+        phases(&mut model, &data, &config, args)?;
+    }
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     let mean = rates.iter().sum::<f64>() / rates.len() as f64;
@@ -94,4 +101,63 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Median milliseconds per step of the forward pass alone, forward and backward, and the
+/// optimiser step, over the timed steps (on batches after the ones timed above).
+fn phases(
+    model: &mut plugin_api::ModelBox,
+    data: &datasets::PreparedData,
+    config: &crate::config::RunConfig,
+    args: &BenchArgs,
+) -> Result<()> {
+    use abi_stable::std_types::RSlice;
+    let (rows, cols) = (config.micro_batch_size, config.context_length + 1);
+    let scale = 1.0 / config.tokens_per_step() as f64;
+    let fail = |call: &str, e: plugin_api::PluginError| anyhow::anyhow!("{call}: {e}");
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let first = args.warmup + args.steps + 1;
+    for step in first..first + args.steps {
+        let (mut forward, mut backward) = (0.0, 0.0);
+        for micro in 0..config.accumulation() as u64 {
+            let ids = datasets::mixed_batch(
+                &[(&data.train, 1.0)],
+                config.seed,
+                step,
+                micro,
+                rows,
+                config.context_length,
+            );
+            let batch = || plugin_api::TokenBatch {
+                ids: RSlice::from_slice(&ids),
+                rows: rows as u32,
+                cols: cols as u32,
+            };
+            let t0 = Instant::now();
+            model.evaluate(batch()).into_result().map_err(|e| fail("evaluate", e))?;
+            forward += t0.elapsed().as_secs_f64();
+            let t0 = Instant::now();
+            model.forward_backward(batch(), scale).into_result().map_err(|e| fail("forward_backward", e))?;
+            backward += t0.elapsed().as_secs_f64();
+        }
+        let t0 = Instant::now();
+        model
+            .optimizer_step(plugin_api::StepSettings { step, lr: config.lr })
+            .into_result()
+            .map_err(|e| fail("optimizer_step", e))?;
+        for (list, t) in times.iter_mut().zip([forward, backward, t0.elapsed().as_secs_f64()]) {
+            list.push(t * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [f, fb, opt] = &mut times;
+    let (f, fb, opt) = (median(f), median(fb), median(opt));
+    println!(
+        "phases (median ms per step): forward {f:.1}  forward+backward {fb:.1} (backward ≈ {:.1})  optimizer {opt:.1}",
+        fb - f
+    );
+    Ok(())
 }
