@@ -108,11 +108,23 @@ impl Optimizer {
 
     /// Applies one update; `grads[i]` belongs to parameter `i` (`None`: left unchanged).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
-        self.step_with(grads, lr, true)
+        self.step_with(grads, lr, 1.0, true)
+    }
+
+    /// [`step`](Self::step) with every gradient multiplied by `grad_scale` first (clipping),
+    /// without a scaled copy of the gradients.
+    pub fn step_scaled(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
+        self.step_with(grads, lr, grad_scale, true)
     }
 
     /// `allow_fused: false` takes the tensor-op path every device has (tests compare the two).
-    fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64, allow_fused: bool) -> Result<()> {
+    fn step_with(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f64,
+        allow_fused: bool,
+    ) -> Result<()> {
         self.steps += 1;
         let c = &self.config;
         let t = self.steps as i32;
@@ -126,9 +138,16 @@ impl Optimizer {
                 && c.optimizer == OptimizerKind::AdamW
                 && fused::applies(&[theta, g, &slots[0], &slots[1]])
             {
-                fused::adamw(theta, g, &slots[0], &slots[1], c, lr, wd, t)?;
+                fused::adamw(theta, g, grad_scale as f32, &slots[0], &slots[1], c, lr, wd, t)?;
                 continue;
             }
+            let scaled;
+            let g = if grad_scale == 1.0 {
+                g
+            } else {
+                scaled = (g * grad_scale)?;
+                &scaled
+            };
             let updated = match c.optimizer {
                 // Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2.
                 OptimizerKind::AdamW => {
@@ -222,6 +241,7 @@ mod fused {
     pub fn adamw(
         theta: &Tensor,
         g: &Tensor,
+        grad_scale: f32,
         m: &Tensor,
         v: &Tensor,
         c: &OptimConfig,
@@ -229,8 +249,8 @@ mod fused {
         wd: f64,
         t: i32,
     ) -> Result<()> {
-        m.inplace_op2(g, &Moment { decay: c.beta1 as f32, square: false })?;
-        v.inplace_op2(g, &Moment { decay: c.beta2 as f32, square: true })?;
+        m.inplace_op2(g, &Moment { decay: c.beta1 as f32, square: false, grad_scale })?;
+        v.inplace_op2(g, &Moment { decay: c.beta2 as f32, square: true, grad_scale })?;
         theta.inplace_op3(
             m,
             v,
@@ -258,10 +278,27 @@ mod fused {
         }
     }
 
-    /// `s ← decay · s + (1 − decay) · g` (or `g²`).
+    crate::kernels::fastmath::simd_fn! {
+        fn squares(x: &[f32]) -> f32 {
+            crate::kernels::fastmath::dot(x, x)
+        }
+    }
+
+    /// Σ g² of a contiguous CPU f32 tensor, in f64 over fixed chunks (the same on any thread count).
+    pub fn sum_of_squares(g: &Tensor) -> Result<f64> {
+        let (storage, layout) = g.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("sum of squares: not a CPU tensor")
+        };
+        let partials: Vec<f64> = slice(cpu, layout)?.par_chunks(CHUNK).map(|c| squares(c) as f64).collect();
+        Ok(partials.iter().sum())
+    }
+
+    /// `s ← decay · s + (1 − decay) · g` (or `g²`), g multiplied by `grad_scale` first.
     struct Moment {
         decay: f32,
         square: bool,
+        grad_scale: f32,
     }
 
     impl InplaceOp2 for Moment {
@@ -274,6 +311,7 @@ mod fused {
             let (a, b) = (self.decay, 1.0 - self.decay);
             s.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(s, g)| {
                 for (s, &g) in s.iter_mut().zip(g) {
+                    let g = if self.grad_scale == 1.0 { g } else { g * self.grad_scale };
                     *s = a * *s + b * if self.square { g * g } else { g };
                 }
             });
@@ -328,19 +366,37 @@ fn with_l2(g: &Tensor, theta: &Tensor, wd: f64) -> Result<Tensor> {
 /// Global L2 norm of the gradients, before clipping; scales them down to `max_norm` when it is
 /// exceeded (`max_norm` 0: no clipping), as `torch.nn.utils.clip_grad_norm_`.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let squares = grads.iter().flatten().map(|g| g.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
-    if squares.is_empty() {
-        return Ok(0.0);
-    }
-    let norm =
-        Tensor::stack(&squares, 0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let factor = max_norm / (norm + 1e-6);
+    let norm = grad_norm(grads)?;
+    let factor = clip_factor(norm, max_norm);
+    if factor != 1.0 {
         for g in grads.iter_mut().flatten() {
             *g = (&*g * factor)?;
         }
     }
     Ok(norm)
+}
+
+/// Global L2 norm of the gradients (summed in f64, without a squared copy on the CPU).
+pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+    let mut total = 0f64;
+    for g in grads.iter().flatten() {
+        total += if fused::applies(&[g]) {
+            fused::sum_of_squares(g)?
+        } else {
+            g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?
+        };
+    }
+    Ok(total.sqrt())
+}
+
+/// What clipping multiplies the gradients by: `max_norm / (norm + 1e−6)` when the norm exceeds
+/// `max_norm`, else 1 (`max_norm` 0: never clips), as `torch.nn.utils.clip_grad_norm_`.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
@@ -370,7 +426,7 @@ mod tests {
         let mut opt = Optimizer::new(config, p.clone(), vec![ParamOptions::default()]).unwrap();
         for g in GRADS {
             let g = Tensor::new(&g.map(|x| x as f32), &Device::Cpu).unwrap();
-            opt.step_with(&[Some(g)], lr, allow_fused).unwrap();
+            opt.step_with(&[Some(g)], lr, 1.0, allow_fused).unwrap();
         }
         p[0].var.as_tensor().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
     }
@@ -485,6 +541,32 @@ mod tests {
         assert!((a[0] - 0.6).abs() < 1e-5);
         let norm = clip_grad_norm(&mut grads, 0.0).unwrap();
         assert!((norm - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_scaled_step_is_a_step_on_scaled_gradients() {
+        let cfg = OptimConfig::default();
+        let values: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5).collect();
+        let theta = |store: &ParamStore| store.params()[0].var.as_tensor().to_vec1::<f32>().unwrap();
+        let mut results = Vec::new();
+        for scaled_inside in [false, true] {
+            let store = ParamStore::new(0);
+            store.var_builder(DType::F32, &Device::Cpu).get_with_hints(5000, "w", Init::Const(1.0)).unwrap();
+            let mut opt = Optimizer::new(&cfg, store.params(), vec![ParamOptions::default()]).unwrap();
+            for _ in 0..3 {
+                let g = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+                if scaled_inside {
+                    opt.step_scaled(&[Some(g)], 1e-2, 0.3).unwrap();
+                } else {
+                    opt.step(&[Some((g * 0.3).unwrap())], 1e-2).unwrap();
+                }
+            }
+            results.push(theta(&store));
+        }
+        assert_eq!(results[0], results[1]);
+        let g = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let direct: f64 = values.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        assert!((grad_norm(&[Some(g), None]).unwrap() - direct).abs() < 1e-6 * direct);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::gpt::{GptConfig, ModelSpec};
 use crate::init::ParamStore;
 use crate::metrics::{outlier_kurtosis, MetricsConfig};
 use crate::nn::cross_entropy_sum;
-use crate::optim::{clip_grad_norm, OptimConfig, Optimizer};
+use crate::optim::{clip_factor, grad_norm, OptimConfig, Optimizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
@@ -250,8 +250,8 @@ impl<E: Experiment> Trainer<E> {
     /// Clips and applies the accumulated gradients, then clears them; returns the norm before
     /// clipping.
     pub fn optimizer_step(&mut self, lr: f64) -> Result<f64> {
-        let norm = clip_grad_norm(&mut self.grads, self.optim_config.grad_clip)?;
-        self.optimizer.step(&self.grads, lr)?;
+        let norm = grad_norm(&self.grads)?;
+        self.optimizer.step_scaled(&self.grads, lr, clip_factor(norm, self.optim_config.grad_clip))?;
         self.grads.iter_mut().for_each(|g| *g = None);
         Ok(norm)
     }
