@@ -77,6 +77,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The pointer `offset` elements on (a method, so closures capture the whole `Shared`).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// dst (m × n, strides rs/cs) = lhs (m × k) · rhs (k × n), single-threaded (tasks are parallel).
 /// Safety: the pointers and strides must describe valid, non-overlapping matrices.
 #[allow(clippy::too_many_arguments)]
@@ -176,12 +183,11 @@ impl CustomOp1 for FusedAttention {
         let out = Shared(y.as_mut_ptr());
         p.par_chunks_mut(t * t).enumerate().for_each(|(item, p)| {
             weights(qkv, dims, item, self.scale, p);
-            let out = out;
             // Safety: y (T × D) is this item's own columns of the output, row stride C.
             unsafe {
                 matmul(
                     (t, d, t),
-                    out.0.add(dims.y_offset(item)),
+                    out.at(dims.y_offset(item)),
                     (c, 1),
                     p.as_ptr(),
                     (t, 1),
@@ -237,8 +243,7 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
                 if recompute {
                     weights(qkv, dims, item, self.scale, p);
                 }
-                let out = out;
-                let dy_h = dy[dims.y_offset(item)..].as_ptr();
+                    let dy_h = dy[dims.y_offset(item)..].as_ptr();
                 let part = |i| qkv[dims.qkv_offset(item, i)..].as_ptr();
                 let (q, k, v) = (part(0), part(1), part(2));
                 // Safety: every view below is inside qkv, dY, p, ds or this item's own columns
@@ -247,7 +252,7 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
                     // dV = Pᵀ dY
                     matmul(
                         (t, d, t),
-                        out.0.add(dims.qkv_offset(item, 2)),
+                        out.at(dims.qkv_offset(item, 2)),
                         (row, 1),
                         p.as_ptr(),
                         (1, t),
@@ -266,7 +271,7 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
                     // dQ = dS K, dK = dSᵀ Q
                     matmul(
                         (t, d, t),
-                        out.0.add(dims.qkv_offset(item, 0)),
+                        out.at(dims.qkv_offset(item, 0)),
                         (row, 1),
                         ds.as_ptr(),
                         (t, 1),
@@ -275,7 +280,7 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
                     );
                     matmul(
                         (t, d, t),
-                        out.0.add(dims.qkv_offset(item, 1)),
+                        out.at(dims.qkv_offset(item, 1)),
                         (row, 1),
                         ds.as_ptr(),
                         (1, t),
