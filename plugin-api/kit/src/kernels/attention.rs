@@ -243,7 +243,7 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
                 if recompute {
                     weights(qkv, dims, item, self.scale, p);
                 }
-                    let dy_h = dy[dims.y_offset(item)..].as_ptr();
+                let dy_h = dy[dims.y_offset(item)..].as_ptr();
                 let part = |i| qkv[dims.qkv_offset(item, i)..].as_ptr();
                 let (q, k, v) = (part(0), part(1), part(2));
                 // Safety: every view below is inside qkv, dY, p, ds or this item's own columns
