@@ -20,7 +20,8 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A workspace of plugin-api, the kit and an empty plugins/ folder, with this checkout's lock
-/// file (the same dependency versions) and its target folder (no dependency is built again).
+/// file (the same dependency versions), its vendored candle and its target folder (no
+/// dependency is built again).
 fn scratch_workspace() -> tempfile::TempDir {
     let root = &built().workspace_root;
     let dir = tempfile::tempdir().unwrap();
@@ -36,6 +37,9 @@ fn scratch_workspace() -> tempfile::TempDir {
         &manifest[..start],
         &manifest[end..]
     );
+    // The vendored candle-core where it is: the same path is the same package, already built.
+    let vendored = root.join("vendor/candle-core");
+    let manifest = manifest.replace("path = \"vendor/candle-core\"", &format!("path = {:?}", vendored));
     std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
     dir
 }
