@@ -240,8 +240,13 @@ mod tests {
 
     #[test]
     fn every_variant_trains_and_exports_to_the_baseline() {
+        // A projection into the residual stream (`c_proj`) that adds the same number to every
+        // output feature changes nothing any LayerNorm reads, so these get a gradient of 0 up
+        // to rounding: the bias shift bb, and the offsets ab, ia and iab (each adds Σ over the
+        // input to every output alike).
+        let invisible = ["c_proj.bb", "c_proj.ab", "c_proj.ia", "c_proj.iab"];
         for config in VARIANTS {
-            testing::every_parameter_gets_a_gradient::<UnifiedWeights>(config);
+            testing::every_parameter_but_gets_a_gradient::<UnifiedWeights>(config, &invisible);
             testing::training_lowers_the_loss::<UnifiedWeights>(config);
             testing::prod_weights_reproduce_the_experiment::<UnifiedWeights>(config);
         }
