@@ -79,7 +79,7 @@ pub fn interpolate_command(args: &InterpolateArgs) -> Result<bool> {
     if args.split != SplitArg::Val {
         splits.push(("train", validation_windows(&data.train, args.windows, context)));
     }
-    let mut rows: Vec<(f64, &str, f64, f64)> = Vec::new();
+    let mut points = Vec::new();
     for i in 0..args.points {
         let alpha = i as f64 / (args.points - 1) as f64;
         let state = mix(&state_a, &b, alpha as f32)?;
@@ -90,7 +90,7 @@ pub fn interpolate_command(args: &InterpolateArgs) -> Result<bool> {
         for (name, ids) in &splits {
             let (loss, accuracy) = evaluate(&mut run, ids, context)?;
             println!("alpha:{alpha:.3} split:{name} loss:{loss:.4} acc:{accuracy:.4}");
-            rows.push((alpha, name, loss, accuracy));
+            points.push(reports::InterpolationPoint { alpha, split: (*name).into(), loss, accuracy });
         }
     }
     let name = format!("interpolate-{}-{}", file_name(&args.a), file_name(&args.b));
@@ -104,15 +104,7 @@ pub fn interpolate_command(args: &InterpolateArgs) -> Result<bool> {
         a: args.a.display().to_string(),
         b: args.b.display().to_string(),
         branched_at,
-        points: rows
-            .iter()
-            .map(|&(alpha, split, loss, accuracy)| reports::InterpolationPoint {
-                alpha,
-                split: split.into(),
-                loss,
-                accuracy,
-            })
-            .collect(),
+        points,
     };
     table.write(&out.join(reports::interpolation::FILE_NAME))?;
     let mut figure = reports::plot::Figure {
