@@ -78,11 +78,16 @@ fn a_missing_plugin_file_is_refused() {
 fn a_plugin_that_panics_fails_its_arm_and_keeps_the_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let faulty = built().plugin("faulty_plugin");
-    // Calls 1 and 2 are the step-0 evaluation (16 windows in micro-batches of 8), calls 3 and 4
-    // train steps 1 and 2; step 3 panics.
-    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=panic_in_forward", "fault_at_call=5"]);
+    // Every micro-batch is two data-parallel shards, two forward calls at once (`kit::shards`):
+    // calls 1–4 are the step-0 evaluation (16 windows in micro-batches of 8), calls 5–8 train
+    // steps 1 and 2; step 3's shards (calls 9 and 10, in either order) panic.
+    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=panic_in_forward", "fault_at_call=9"]);
     let line = one_clear_error(&ran, "faulty", "panicked");
-    assert!(line.contains("injected fault: forward call 5 panics"), "{line}");
+    assert!(
+        line.contains("injected fault: forward call 9 panics")
+            || line.contains("injected fault: forward call 10 panics"),
+        "{line}"
+    );
     let runs = runs(dir.path());
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0].status(), "finished");
@@ -98,7 +103,7 @@ fn a_plugin_that_panics_fails_its_arm_and_keeps_the_baseline() {
 fn a_plugin_that_returns_nan_is_marked_diverged() {
     let dir = tempfile::tempdir().unwrap();
     let faulty = built().plugin("faulty_plugin");
-    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=nan_loss", "fault_at_call=5"]);
+    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=nan_loss", "fault_at_call=9"]);
     let line = one_clear_error(&ran, "faulty", "NaN at step 3");
     assert!(line.contains("diverged"), "{line}");
     let runs = runs(dir.path());

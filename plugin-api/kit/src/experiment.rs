@@ -12,8 +12,9 @@ use crate::init::ParamStore;
 use crate::optim::ParamOptions;
 use crate::parts::{BaselineParts, KvCache, Named};
 
-/// One experiment: the baseline GPT with one idea changed.
-pub trait Experiment: Sized + 'static {
+/// One experiment: the baseline GPT with one idea changed. `Sync`, since the shards of a CPU
+/// batch run through one model at once ([`shards`](crate::shards)).
+pub trait Experiment: Sized + Send + Sync + 'static {
     /// The experiment's own knobs; the model size ([`GptConfig`](crate::gpt::GptConfig)) and
     /// the optimiser ([`OptimConfig`](crate::optim::OptimConfig)) are declared by the kit.
     type Config: Knobs;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use plugin_api::{BatchStats, ParamCounts};
 use serde_json::{Map, Value};
@@ -54,6 +55,51 @@ impl From<&plugin_api::RunSpec> for RunSpec {
             context_length: s.context_length as usize,
         }
     }
+}
+
+fn check_batch(ids: &[u32], rows: usize, cols: usize) -> Result<()> {
+    if cols < 2 || ids.len() != rows * cols {
+        return Err(KitError::Config(format!(
+            "token batch of {} ids does not hold {rows} rows of {cols} (T + 1) ids",
+            ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// (rows, T + 1) ids → inputs (rows, T) and flattened targets (rows · T).
+fn inputs_and_targets(device: &Device, ids: &[u32], rows: usize, cols: usize) -> Result<(Tensor, Tensor)> {
+    check_batch(ids, rows, cols)?;
+    let batch = Tensor::from_slice(ids, (rows, cols), device)?;
+    let inputs = batch.narrow(1, 0, cols - 1)?.contiguous()?;
+    let targets = batch.narrow(1, 1, cols - 1)?.flatten_all()?;
+    Ok((inputs, targets))
+}
+
+/// The summed next-token loss of (rows, T + 1) ids, as a tensor to differentiate, and its stats.
+fn loss<E: Experiment>(
+    model: &E,
+    device: &Device,
+    ids: &[u32],
+    rows: usize,
+    cols: usize,
+) -> Result<(Tensor, BatchStats)> {
+    let (inputs, targets) = inputs_and_targets(device, ids, rows, cols)?;
+    let logits = model.forward(&inputs)?; // (B, T, V)
+    let v = logits.dim(2)?;
+    let (loss_sum, correct) = cross_entropy_sum(&logits.reshape(((), v))?, &targets)?;
+    let stats = BatchStats {
+        loss_sum: f64::from(loss_sum.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+        correct: correct.to_scalar::<f32>()? as u64,
+        tokens: (rows * (cols - 1)) as u64,
+    };
+    Ok((loss_sum, stats))
+}
+
+fn add_stats(total: &mut BatchStats, shard: &BatchStats) {
+    total.loss_sum += shard.loss_sum;
+    total.correct += shard.correct;
+    total.tokens += shard.tokens;
 }
 
 /// `cpu` or `cuda:N`.
@@ -187,31 +233,29 @@ impl<E: Experiment> Trainer<E> {
         Ok(std::mem::take(&mut self.metrics))
     }
 
-    /// (rows, T + 1) ids → inputs (rows, T) and flattened targets (rows · T).
-    fn inputs_and_targets(&self, ids: &[u32], rows: usize, cols: usize) -> Result<(Tensor, Tensor)> {
-        if cols < 2 || ids.len() != rows * cols {
-            return Err(KitError::Config(format!(
-                "token batch of {} ids does not hold {rows} rows of {cols} (T + 1) ids",
-                ids.len()
-            )));
-        }
-        let batch = Tensor::from_slice(ids, (rows, cols), &self.device)?;
-        let inputs = batch.narrow(1, 0, cols - 1)?.contiguous()?;
-        let targets = batch.narrow(1, 1, cols - 1)?.flatten_all()?;
-        Ok((inputs, targets))
-    }
-
-    fn loss(&self, ids: &[u32], rows: usize, cols: usize) -> Result<(Tensor, BatchStats)> {
-        let (inputs, targets) = self.inputs_and_targets(ids, rows, cols)?;
-        let logits = self.model.forward(&inputs)?; // (B, T, V)
-        let v = logits.dim(2)?;
-        let (loss_sum, correct) = cross_entropy_sum(&logits.reshape(((), v))?, &targets)?;
-        let stats = BatchStats {
-            loss_sum: f64::from(loss_sum.to_dtype(DType::F32)?.to_scalar::<f32>()?),
-            correct: correct.to_scalar::<f32>()? as u64,
-            tokens: (rows * (cols - 1)) as u64,
+    /// The loss of (rows, T + 1) ids, split into the CPU's data-parallel shards
+    /// ([`shards`](crate::shards)), each shard's gradient of `loss_sum · loss_scale` with it when
+    /// `loss_scale` is given.
+    fn sharded_loss(
+        &self,
+        ids: &[u32],
+        rows: usize,
+        cols: usize,
+        loss_scale: Option<f64>,
+    ) -> Result<Vec<(BatchStats, Option<GradStore>)>> {
+        check_batch(ids, rows, cols)?;
+        let ranges = crate::shards::row_ranges(rows, &self.device);
+        let (model, device) = (&self.model, &self.device);
+        let shard = |range: &std::ops::Range<usize>| -> Result<_> {
+            let ids = &ids[range.start * cols..range.end * cols];
+            let (loss_sum, stats) = loss(model, device, ids, range.len(), cols)?;
+            let grads = loss_scale.map(|scale| (loss_sum * scale)?.backward()).transpose()?;
+            Ok((stats, grads))
         };
-        Ok((loss_sum, stats))
+        if ranges.len() == 1 {
+            return Ok(vec![shard(&ranges[0])?]);
+        }
+        crate::shards::run(ranges.len(), |i| shard(&ranges[i])).into_iter().collect()
     }
 
     /// Forward and backward; adds the gradient of `loss_sum · loss_scale` to the accumulator.
@@ -222,20 +266,31 @@ impl<E: Experiment> Trainer<E> {
         cols: usize,
         loss_scale: f64,
     ) -> Result<BatchStats> {
-        let measure = self.metrics_due();
-        if let (true, Some(gpt)) = (measure, self.model.gpt()) {
+        if !self.metrics_due() {
+            let mut total = BatchStats { loss_sum: 0.0, correct: 0, tokens: 0 };
+            for (stats, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
+                add_stats(&mut total, &stats);
+                self.accumulate(grads.as_ref().expect("a gradient was asked for"))?;
+            }
+            return Ok(total);
+        }
+        // A step whose metrics are measured runs whole: the residual probe sees one forward.
+        if let Some(gpt) = self.model.gpt() {
             gpt.probe_residuals();
         }
-        let (loss_sum, stats) = self.loss(ids, rows, cols)?;
-        if measure {
-            if let Some(gpt) = self.model.gpt() {
-                for (name, state) in gpt.take_residuals().unwrap_or_default() {
-                    self.metrics.push((format!("kurtosis.{name}"), outlier_kurtosis(&state)?));
-                }
+        let (loss_sum, stats) = loss(&self.model, &self.device, ids, rows, cols)?;
+        if let Some(gpt) = self.model.gpt() {
+            for (name, state) in gpt.take_residuals().unwrap_or_default() {
+                self.metrics.push((format!("kurtosis.{name}"), outlier_kurtosis(&state)?));
             }
-            self.metrics.extend(self.model.extra_metrics()?);
         }
-        let grads = (loss_sum * loss_scale)?.backward()?;
+        self.metrics.extend(self.model.extra_metrics()?);
+        self.accumulate(&(loss_sum * loss_scale)?.backward()?)?;
+        Ok(stats)
+    }
+
+    /// Adds one backward pass's gradients to the accumulator.
+    fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for (acc, p) in self.grads.iter_mut().zip(self.params.params()) {
             if let Some(g) = grads.get(p.var.as_tensor()) {
                 *acc = Some(match acc.take() {
@@ -244,7 +299,7 @@ impl<E: Experiment> Trainer<E> {
                 });
             }
         }
-        Ok(stats)
+        Ok(())
     }
 
     /// Clips and applies the accumulated gradients, then clears them; returns the norm before
@@ -257,7 +312,11 @@ impl<E: Experiment> Trainer<E> {
     }
 
     pub fn evaluate(&mut self, ids: &[u32], rows: usize, cols: usize) -> Result<BatchStats> {
-        Ok(self.loss(ids, rows, cols)?.1)
+        let mut total = BatchStats { loss_sum: 0.0, correct: 0, tokens: 0 };
+        for (stats, _) in self.sharded_loss(ids, rows, cols, None)? {
+            add_stats(&mut total, &stats);
+        }
+        Ok(total)
     }
 
     /// The accumulated gradients by parameter name (for tests and diagnostics).

@@ -301,7 +301,7 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if IN_BARRIER_POOL.with(|f| f.get()) || in_serial_pool() {
             f(0..n_items);
             return;
         }
@@ -321,7 +321,7 @@ impl BarrierPool {
             return;
         }
         // nested use from a worker would deadlock on the call lock; run inline instead
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if IN_BARRIER_POOL.with(|f| f.get()) || in_serial_pool() {
             f(0..n_items);
             return;
         }
@@ -416,7 +416,19 @@ fn candle_num_threads() -> usize {
         .unwrap_or_else(rayon_num_threads)
 }
 
+/// lmhost's patch: true on the thread of a one-thread rayon pool. lmhost trains data-parallel
+/// shards of a batch, each on such a pool, and there every CPU op runs on the calling thread:
+/// gemm without threads, element-wise ops without the barrier pool (whose single call lock
+/// would make the shards take turns).
+#[inline]
+pub fn in_serial_pool() -> bool {
+    rayon::current_thread_index().is_some() && rayon::current_num_threads() == 1
+}
+
 pub fn get_num_threads() -> usize {
+    if in_serial_pool() {
+        return 1;
+    }
     // Respond to the same environment variable as rayon.
     rayon_num_threads()
 }

@@ -15,7 +15,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::fastmath::{self, dot, exp, simd_fn, sum_map};
-use super::{f32s, fused};
+use super::{f32s, fused, output_buffer};
 
 /// qkv: (B, T, 3C), the q, k and v projections side by side, each with `n_head` heads of C/H
 /// columns → (B, T, C). Falls back to plain candle ops off the CPU or for other dtypes.
@@ -178,8 +178,9 @@ impl CustomOp1 for FusedAttention {
         let qkv = f32s(s, l, self.name())?;
         let dims = Dims::of(l, self.n_head)?;
         let (t, d, c) = (dims.t, dims.d, dims.c);
-        let mut y = vec![0f32; dims.b * t * c];
-        let mut p = vec![0f32; dims.b * dims.h * t * t];
+        // Every (batch, head) writes its own columns of y and its own T × T block of p.
+        let mut y = output_buffer(dims.b * t * c);
+        let mut p = output_buffer(dims.b * dims.h * t * t);
         let out = Shared(y.as_mut_ptr());
         p.par_chunks_mut(t * t).enumerate().for_each(|(item, p)| {
             weights(qkv, dims, item, self.scale, p);
@@ -233,8 +234,9 @@ impl candle_core::CustomOp2 for FusedAttentionGrad {
         let items = dims.b * dims.h;
         let kept = self.weights.lock().expect("attention weights lock").take();
         let recompute = kept.as_ref().is_none_or(|p| p.len() != items * t * t);
-        let mut p = if recompute { vec![0f32; items * t * t] } else { kept.expect("checked") };
-        let mut dqkv = vec![0f32; qkv.len()];
+        let mut p = if recompute { output_buffer(items * t * t) } else { kept.expect("checked") };
+        // dQ, dK and dV of every (batch, head) cover all of dqkv.
+        let mut dqkv = output_buffer(qkv.len());
         let out = Shared(dqkv.as_mut_ptr());
         let row = 3 * c;
         p.par_chunks_mut(t * t).enumerate().for_each_init(

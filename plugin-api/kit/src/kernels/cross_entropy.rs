@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::fastmath::{self, exp, simd_fn, sum_map};
-use super::{f32s, fused, u32s, ROWS_PER_TASK};
+use super::{f32s, fused, output_buffer, u32s, ROWS_PER_TASK};
 
 /// Summed cross-entropy in nats and the count of argmax hits.
 /// logits: (N, V), targets: (N,) u32 → two scalars (the loss keeps its gradient graph).
@@ -75,7 +75,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         let x = f32s(s1, l1, self.name())?;
         let t = u32s(s2, l2, self.name())?;
         check_targets(t, n, v)?;
-        let mut out = vec![0f32; n * 2];
+        let mut out = output_buffer(n * 2);
         out.par_chunks_mut(2 * ROWS_PER_TASK)
             .zip(x.par_chunks(v * ROWS_PER_TASK))
             .zip(t.par_chunks(ROWS_PER_TASK))
@@ -123,7 +123,7 @@ impl CustomOp3 for CrossEntropyGrad {
         let t = u32s(s2, l2, self.name())?;
         let g = f32s(s3, l3, self.name())?;
         check_targets(t, n, v)?;
-        let mut out = vec![0f32; n * v];
+        let mut out = output_buffer(n * v);
         out.par_chunks_mut(v * ROWS_PER_TASK)
             .zip(x.par_chunks(v * ROWS_PER_TASK))
             .zip(t.par_chunks(ROWS_PER_TASK).zip(g.par_chunks(ROWS_PER_TASK)))

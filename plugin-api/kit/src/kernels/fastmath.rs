@@ -1,6 +1,6 @@
 //! exp and erf as branch-free polynomials, so the loops of the kernels that call them vectorise
 //! (libm's `expf` and candle's `erf` are scalar calls: they were a tenth of a CPU step), lane
-//! reductions, and [`simd_fn!`], which compiles such a loop for AVX2+FMA when the CPU has them.
+//! reductions, and [`simd_fn!`], which compiles such a loop for AVX-512 or AVX2+FMA when the CPU has them.
 
 /// eˣ for f32 within 2 ulp over [−87.3, 88.3] (Cephes `expf`: x = k ln 2 + r, |r| ≤ ½ ln 2,
 /// eʳ by a degree-7 polynomial, 2ᵏ through the exponent bits). Below −87.3 it returns about
@@ -48,7 +48,7 @@ pub fn erf(x: f32) -> f32 {
 
 /// Lanes of a reduction: a float sum or max taken in order cannot vectorise, so reductions keep
 /// this many partial results and combine them at the end (in a fixed order: deterministic).
-const LANES: usize = 16;
+const LANES: usize = 32;
 
 /// Σ f(xᵢ).
 #[inline(always)]
@@ -64,20 +64,26 @@ pub fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
-/// Σ xᵢ yᵢ over the shorter of the two.
+/// Σ f(xᵢ, yᵢ) over the shorter of the two.
 #[inline(always)]
-pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
+pub fn sum_zip(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let n = xs.len().min(ys.len());
     let (xs, ys) = (&xs[..n], &ys[..n]);
     let mut acc = [0f32; LANES];
     let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
-    let rest: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(x, y)| x * y).sum();
+    let rest: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(&x, &y)| f(x, y)).sum();
     for (x, y) in xc.zip(yc) {
         for i in 0..LANES {
-            acc[i] += x[i] * y[i];
+            acc[i] += f(x[i], y[i]);
         }
     }
     acc.iter().sum::<f32>() + rest
+}
+
+/// Σ xᵢ yᵢ over the shorter of the two.
+#[inline(always)]
+pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
+    sum_zip(xs, ys, |x, y| x * y)
 }
 
 /// max xᵢ (−∞ for an empty slice; NaNs are ignored).
@@ -106,10 +112,23 @@ pub fn has_avx2() -> bool {
     false
 }
 
+/// Whether this CPU runs the AVX-512 versions that [`simd_fn!`] compiles.
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| has_avx2() && std::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// `simd_fn! { fn name(args) -> R { body } }` defines `name`, whose body runs compiled for
-/// AVX2+FMA when the CPU has them (the loops in it then vectorise 8 wide) and for the build's
-/// baseline target otherwise. The body is inlined into a `#[target_feature]` function, the one
-/// way to have it compiled for those features that does not depend on the inliner's mood.
+/// AVX-512 or AVX2+FMA when the CPU has them (the loops in it then vectorise 16 or 8 wide) and
+/// for the build's baseline target otherwise. The body is inlined into a `#[target_feature]`
+/// function, the one way to have it compiled for those features that does not depend on the
+/// inliner's mood.
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -117,9 +136,19 @@ macro_rules! simd_fn {
             #[inline(always)]
             fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                generic($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 generic($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::fastmath::has_avx512() {
+                // Safety: the CPU has the features `avx512` was compiled for.
+                return unsafe { avx512($($arg),*) };
             }
             #[cfg(target_arch = "x86_64")]
             if $crate::kernels::fastmath::has_avx2() {

@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::fastmath::{erf, exp, simd_fn};
-use super::{f32s, fused};
+use super::{f32s, fused, output_buffer};
 
 /// Elements per parallel task.
 const CHUNK: usize = 4096;
@@ -48,7 +48,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| forward(y, x));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -74,7 +74,7 @@ impl CustomOp2 for GeluErfGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s1, l1, self.name())?;
         let g = f32s(s2, l2, self.name())?;
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(d, (x, g))| backward(d, x, g));

@@ -5,7 +5,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32s, fused, ROWS_PER_TASK};
+use super::fastmath::{simd_fn, sum_map, sum_zip};
+use super::{f32s, fused, output_buffer, ROWS_PER_TASK};
 
 /// x: (..., C), w and b: (C,) → (..., C).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
@@ -30,11 +31,47 @@ fn composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Mean and 1/√(σ² + eps) of a row (two passes for accuracy).
+#[inline(always)]
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    let mean = sum_map(row, |x| x) / n;
+    let var = sum_map(row, |x| (x - mean) * (x - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_fn! {
+    /// Rows of C: y = x̂ ⊙ w + b.
+    fn forward_rows(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let c = w.len();
+        for (y, row) in y.chunks_mut(c).zip(x.chunks(c)) {
+            let (mean, rstd) = moments(row, eps);
+            for (((y, &x), &w), &b) in y.iter_mut().zip(row).zip(w).zip(b) {
+                *y = (x - mean) * rstd * w + b;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Rows of C: dx, and this block's sums into dw and db.
+    fn backward_rows(dx: &mut [f32], dw: &mut [f32], db: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+        let c = w.len();
+        for ((dx, row), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
+            let (mean, rstd) = moments(row, eps);
+            // dx holds g ⊙ w until the last pass.
+            for ((d, &g), &w) in dx.iter_mut().zip(g).zip(w) {
+                *d = g * w;
+            }
+            let mean_gw = sum_map(dx, |gw| gw) / c as f32;
+            let mean_gwx = sum_zip(dx, row, |gw, x| gw * (x - mean)) * rstd / c as f32;
+            for ((((d, &x), &g), dw), db) in dx.iter_mut().zip(row).zip(g).zip(dw.iter_mut()).zip(db.iter_mut()) {
+                let xhat = (x - mean) * rstd;
+                *dw += g * xhat;
+                *db += g;
+                *d = (*d - mean_gw - xhat * mean_gwx) * rstd;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -67,15 +104,10 @@ impl CustomOp3 for LayerNormOp {
                 b.len()
             );
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(c * ROWS_PER_TASK).zip(x.par_chunks(c * ROWS_PER_TASK)).for_each(|(out, x)| {
-            for (y, row) in out.chunks_mut(c).zip(x.chunks(c)) {
-                let (mean, rstd) = moments(row, self.eps);
-                for (((y, &x), &w), &b) in y.iter_mut().zip(row).zip(w).zip(b) {
-                    *y = (x - mean) * rstd * w + b;
-                }
-            }
-        });
+        let mut out = output_buffer(x.len());
+        out.par_chunks_mut(c * ROWS_PER_TASK)
+            .zip(x.par_chunks(c * ROWS_PER_TASK))
+            .for_each(|(y, x)| forward_rows(y, x, w, b, self.eps));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -119,8 +151,8 @@ impl CustomOp3 for LayerNormGrad {
         let g = f32s(s3, l3, self.name())?;
         let c = w.len();
         let n = x.len() / c;
-        let mut out = vec![0f32; (n + 2) * c];
-        let (dx, _) = out.split_at_mut(n * c);
+        let mut out = output_buffer((n + 2) * c);
+        let (dx, sums) = out.split_at_mut(n * c);
         // Each task returns its partial dw and db; summing them in task order keeps the result
         // independent of the thread count.
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -128,27 +160,12 @@ impl CustomOp3 for LayerNormGrad {
             .zip(x.par_chunks(c * ROWS_PER_TASK).zip(g.par_chunks(c * ROWS_PER_TASK)))
             .map(|(dx, (x, g))| {
                 let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
-                for ((dx, row), g) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
-                    let (mean, rstd) = moments(row, self.eps);
-                    let (mut sum_gw, mut sum_gwx) = (0.0, 0.0);
-                    for j in 0..c {
-                        let xhat = (row[j] - mean) * rstd;
-                        let gw = g[j] * w[j];
-                        sum_gw += gw;
-                        sum_gwx += gw * xhat;
-                        dw[j] += g[j] * xhat;
-                        db[j] += g[j];
-                    }
-                    let (mean_gw, mean_gwx) = (sum_gw / c as f32, sum_gwx / c as f32);
-                    for j in 0..c {
-                        let xhat = (row[j] - mean) * rstd;
-                        dx[j] = (g[j] * w[j] - mean_gw - xhat * mean_gwx) * rstd;
-                    }
-                }
+                backward_rows(dx, &mut dw, &mut db, x, g, w, self.eps);
                 (dw, db)
             })
             .collect();
-        let (dw, db) = out[n * c..].split_at_mut(c);
+        sums.fill(0.0);
+        let (dw, db) = sums.split_at_mut(c);
         for (pw, pb) in &partials {
             dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);

@@ -8,7 +8,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bias::column_sum;
-use super::{f32s, fused, ROWS_PER_TASK};
+use super::{f32s, fused, output_buffer, ROWS_PER_TASK};
 
 /// x: (N, in), w: (out, in), b: (out,) → (N, out).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -51,10 +51,14 @@ fn forward(
             b.map(<[f32]>::len)
         );
     }
-    let mut y = vec![0f32; n * m];
+    // Written whole: by the bias rows, by gemm (which overwrites when there is no bias), or
+    // with zeros for an empty product.
+    let mut y = output_buffer(n * m);
     if let Some(b) = b {
         y.par_chunks_mut(m * ROWS_PER_TASK)
             .for_each(|rows| rows.chunks_mut(m).for_each(|r| r.copy_from_slice(b)));
+    } else if k == 0 {
+        y.fill(0.0);
     }
     if k > 0 {
         let threads = candle_core::utils::get_num_threads();
