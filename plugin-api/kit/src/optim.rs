@@ -222,19 +222,50 @@ impl Optimizer {
     }
 }
 
-/// AdamW on the CPU in three in-place passes and no allocation, instead of a dozen tensor ops
-/// with a fresh buffer each: the same arithmetic as the generic path above.
+/// AdamW on the CPU in one pass and no allocation, instead of a dozen tensor ops with a fresh
+/// buffer each: the same arithmetic as the generic path above, each of θ, m, v and g read once.
 mod fused {
-    use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+    use std::cell::Cell;
+
+    use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
     use rayon::prelude::*;
 
     use super::OptimConfig;
+    use crate::kernels::fastmath::simd_fn;
 
     const CHUNK: usize = 1 << 14;
 
     pub fn applies(tensors: &[&Tensor]) -> bool {
         !crate::kernels::plain_kernels()
             && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    }
+
+    /// One AdamW step's constants (Loshchilov & Hutter, Algorithm 2).
+    #[derive(Clone, Copy)]
+    struct Step {
+        beta1: f32,
+        beta2: f32,
+        /// Clipping's factor, applied to g first.
+        grad_scale: f32,
+        /// 1 − lr · wd.
+        keep: f32,
+        /// lr / (1 − β1ᵗ).
+        step_size: f32,
+        /// 1 / √(1 − β2ᵗ).
+        inv_sqrt_bias2: f32,
+        eps: f32,
+    }
+
+    simd_fn! {
+        /// m ← β1 m + (1 − β1) g, v ← β2 v + (1 − β2) g², θ ← keep · θ − step_size · m / (√v / √(1 − β2ᵗ) + eps).
+        fn adamw_chunk(theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: Step) {
+            for (((p, m), v), &g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                let g = g * s.grad_scale;
+                *m = s.beta1 * *m + (1.0 - s.beta1) * g;
+                *v = s.beta2 * *v + (1.0 - s.beta2) * (g * g);
+                *p = s.keep * *p - s.step_size * *m / (v.sqrt() * s.inv_sqrt_bias2 + s.eps);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -249,18 +280,51 @@ mod fused {
         wd: f64,
         t: i32,
     ) -> Result<()> {
-        m.inplace_op2(g, &Moment { decay: c.beta1 as f32, square: false, grad_scale })?;
-        v.inplace_op2(g, &Moment { decay: c.beta2 as f32, square: true, grad_scale })?;
-        theta.inplace_op3(
-            m,
-            v,
-            &Update {
-                keep: (1.0 - lr * wd) as f32,
-                step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
-                inv_sqrt_bias2: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
-                eps: c.eps as f32,
-            },
-        )
+        let step = Step {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            grad_scale,
+            keep: (1.0 - lr * wd) as f32,
+            step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+            inv_sqrt_bias2: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
+            eps: c.eps as f32,
+        };
+        let (storage, layout) = g.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("adamw: not a CPU tensor") };
+        let g = slice(cpu, layout)?;
+        with_mut(m, |m| {
+            with_mut(v, |v| {
+                with_mut(theta, |theta| {
+                    if m.len() != g.len() || v.len() != g.len() || theta.len() != g.len() {
+                        candle_core::bail!("adamw: parameter, gradient and state sizes differ");
+                    }
+                    theta
+                        .par_chunks_mut(CHUNK)
+                        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                        .zip(g.par_chunks(CHUNK))
+                        .for_each(|((theta, (m, v)), g)| adamw_chunk(theta, m, v, g, step));
+                    Ok(())
+                })
+            })
+        })
+    }
+
+    /// Calls `f` with a contiguous CPU f32 tensor's values borrowed mutably, under the write lock
+    /// candle holds for an in-place op: how one pass can update θ, m and v together.
+    fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+        struct Borrow<F>(Cell<Option<F>>);
+        impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for Borrow<F> {
+            fn name(&self) -> &'static str {
+                "adamw"
+            }
+
+            fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+                let f =
+                    self.0.take().ok_or_else(|| candle_core::Error::Msg("adamw: borrowed twice".into()))?;
+                f(slice_mut(s, l)?)
+            }
+        }
+        t.inplace_op1(&Borrow(Cell::new(Some(f))))
     }
 
     fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -278,7 +342,7 @@ mod fused {
         }
     }
 
-    crate::kernels::fastmath::simd_fn! {
+    simd_fn! {
         fn squares(x: &[f32]) -> f32 {
             crate::kernels::fastmath::dot(x, x)
         }
@@ -292,66 +356,6 @@ mod fused {
         };
         let partials: Vec<f64> = slice(cpu, layout)?.par_chunks(CHUNK).map(|c| squares(c) as f64).collect();
         Ok(partials.iter().sum())
-    }
-
-    /// `s ← decay · s + (1 − decay) · g` (or `g²`), g multiplied by `grad_scale` first.
-    struct Moment {
-        decay: f32,
-        square: bool,
-        grad_scale: f32,
-    }
-
-    impl InplaceOp2 for Moment {
-        fn name(&self) -> &'static str {
-            "adamw-moment"
-        }
-
-        fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-            let (s, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
-            let (a, b) = (self.decay, 1.0 - self.decay);
-            s.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(s, g)| {
-                for (s, &g) in s.iter_mut().zip(g) {
-                    let g = if self.grad_scale == 1.0 { g } else { g * self.grad_scale };
-                    *s = a * *s + b * if self.square { g * g } else { g };
-                }
-            });
-            Ok(())
-        }
-    }
-
-    /// `θ ← keep · θ − step_size · m / (√v / √(1 − β2ᵗ) + eps)`.
-    struct Update {
-        keep: f32,
-        step_size: f32,
-        inv_sqrt_bias2: f32,
-        eps: f32,
-    }
-
-    impl InplaceOp3 for Update {
-        fn name(&self) -> &'static str {
-            "adamw-update"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &mut CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-        ) -> Result<()> {
-            let (theta, m, v) = (slice_mut(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-            theta.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(
-                |(theta, (m, v))| {
-                    for ((p, &m), &v) in theta.iter_mut().zip(m).zip(v) {
-                        *p =
-                            self.keep * *p - self.step_size * m / (v.sqrt() * self.inv_sqrt_bias2 + self.eps);
-                    }
-                },
-            );
-            Ok(())
-        }
     }
 }
 

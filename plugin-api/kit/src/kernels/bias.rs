@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fastmath::simd_fn;
 use super::{f32s, fused, ROWS_PER_TASK};
 
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -62,6 +63,15 @@ pub(super) fn column_sum(g: &Tensor, columns: usize) -> Result<Tensor> {
     g.contiguous()?.apply_op1_no_bwd(&ColumnSum { columns })
 }
 
+simd_fn! {
+    /// acc += every row of `rows` (rows of acc.len() columns).
+    fn add_rows(acc: &mut [f32], rows: &[f32]) {
+        for row in rows.chunks(acc.len()) {
+            acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+        }
+    }
+}
+
 /// Sums a contiguous (..., columns) tensor over all but its last dimension.
 struct ColumnSum {
     columns: usize,
@@ -80,9 +90,7 @@ impl CustomOp1 for ColumnSum {
             .par_chunks(o * ROWS_PER_TASK * 4)
             .map(|rows| {
                 let mut acc = vec![0f32; o];
-                for row in rows.chunks(o) {
-                    acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
-                }
+                add_rows(&mut acc, rows);
                 acc
             })
             .collect();

@@ -1,6 +1,8 @@
 //! Softmax cross-entropy and accuracy in one pass over the logits, the largest tensor of a
 //! small GPT step (N × V). Backward: `dlogits = g · (softmax(x) − onehot(t))`, in one more pass.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -11,7 +13,8 @@ use super::{f32s, fused, output_buffer, u32s, ROWS_PER_TASK};
 /// logits: (N, V), targets: (N,) u32 → two scalars (the loss keeps its gradient graph).
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     if fused(&[logits]) {
-        let per_row = logits.contiguous()?.apply_op2(&targets.contiguous()?, SoftmaxCrossEntropy)?; // (N, 2)
+        let op = SoftmaxCrossEntropy { lse: Mutex::new(None) };
+        let per_row = logits.contiguous()?.apply_op2(&targets.contiguous()?, op)?; // (N, 2)
         let loss_sum = per_row.narrow(1, 0, 1)?.sum_all()?;
         let correct = per_row.narrow(1, 1, 1)?.sum_all()?;
         return Ok((loss_sum, correct));
@@ -57,7 +60,10 @@ fn check_targets(targets: &[u32], n: usize, v: usize) -> Result<()> {
 }
 
 /// Per row: [logsumexp(x) − x[t], argmax(x) == t].
-struct SoftmaxCrossEntropy;
+struct SoftmaxCrossEntropy {
+    /// Each row's log-sum-exp, kept for the backward (which otherwise makes two more passes).
+    lse: Mutex<Option<Vec<f32>>>,
+}
 
 impl CustomOp2 for SoftmaxCrossEntropy {
     fn name(&self) -> &'static str {
@@ -76,16 +82,19 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         let t = u32s(s2, l2, self.name())?;
         check_targets(t, n, v)?;
         let mut out = output_buffer(n * 2);
+        let mut lse = output_buffer(n);
         out.par_chunks_mut(2 * ROWS_PER_TASK)
-            .zip(x.par_chunks(v * ROWS_PER_TASK))
-            .zip(t.par_chunks(ROWS_PER_TASK))
-            .for_each(|((out, x), t)| {
-                for ((o, row), &t) in out.chunks_mut(2).zip(x.chunks(v)).zip(t) {
-                    let (lse, arg) = row_stats(row);
-                    o[0] = lse - row[t as usize];
+            .zip(lse.par_chunks_mut(ROWS_PER_TASK))
+            .zip(x.par_chunks(v * ROWS_PER_TASK).zip(t.par_chunks(ROWS_PER_TASK)))
+            .for_each(|((out, lse), (x, t))| {
+                for (((o, lse), row), &t) in out.chunks_mut(2).zip(lse).zip(x.chunks(v)).zip(t) {
+                    let arg;
+                    (*lse, arg) = row_stats(row);
+                    o[0] = *lse - row[t as usize];
                     o[1] = f32::from(u8::from(arg == t as usize));
                 }
             });
+        *self.lse.lock().expect("log-sum-exp lock") = Some(lse);
         Ok((CpuStorage::F32(out), Shape::from((n, 2))))
     }
 
@@ -97,12 +106,15 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.narrow(1, 0, 1)?.contiguous()?; // the hit column carries no gradient
-        Ok((Some(logits.apply_op3_no_bwd(targets, &g, &CrossEntropyGrad)?), None))
+        let op = CrossEntropyGrad { lse: self.lse.lock().expect("log-sum-exp lock").take() };
+        Ok((Some(logits.apply_op3_no_bwd(targets, &g, &op)?), None))
     }
 }
 
-/// `g_i · (softmax(x_i) − onehot(t_i))`.
-struct CrossEntropyGrad;
+/// `g_i · (softmax(x_i) − onehot(t_i))`, with the forward's log-sum-exps when it kept them.
+struct CrossEntropyGrad {
+    lse: Option<Vec<f32>>,
+}
 
 impl CustomOp3 for CrossEntropyGrad {
     fn name(&self) -> &'static str {
@@ -123,13 +135,19 @@ impl CustomOp3 for CrossEntropyGrad {
         let t = u32s(s2, l2, self.name())?;
         let g = f32s(s3, l3, self.name())?;
         check_targets(t, n, v)?;
+        let kept = self.lse.as_deref().filter(|lse| lse.len() == n);
         let mut out = output_buffer(n * v);
         out.par_chunks_mut(v * ROWS_PER_TASK)
             .zip(x.par_chunks(v * ROWS_PER_TASK))
             .zip(t.par_chunks(ROWS_PER_TASK).zip(g.par_chunks(ROWS_PER_TASK)))
-            .for_each(|((out, x), (t, g))| {
-                for (((d, row), &t), &g) in out.chunks_mut(v).zip(x.chunks(v)).zip(t).zip(g) {
-                    let (lse, _) = row_stats(row);
+            .enumerate()
+            .for_each(|(task, ((out, x), (t, g)))| {
+                let rows = out.chunks_mut(v).zip(x.chunks(v)).zip(t).zip(g);
+                for (i, (((d, row), &t), &g)) in rows.enumerate() {
+                    let lse = match kept {
+                        Some(lse) => lse[task * ROWS_PER_TASK + i],
+                        None => row_stats(row).0,
+                    };
                     scaled_softmax(d, row, lse, g);
                     d[t as usize] -= g;
                 }

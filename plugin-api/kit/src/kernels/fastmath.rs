@@ -33,6 +33,13 @@ pub fn exp(x: f32) -> f32 {
 /// erf x = 1 − t·P(t)·e^{−x²} with t = 1/(1 + p|x|), odd in x.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_with_exp(x, exp(-x * x))
+}
+
+/// erf(x) given `e` = e^{−x²}, for a caller that needs that exponential anyway (GELU's
+/// backward: the normal density at x√2 is the same exponential).
+#[inline(always)]
+pub fn erf_with_exp(x: f32, e: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_74;
@@ -42,7 +49,7 @@ pub fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (P * a + 1.0);
     let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let y = 1.0 - poly * exp(-a * a);
+    let y = 1.0 - poly * e;
     y.copysign(x)
 }
 
