@@ -39,6 +39,21 @@ pub fn row_ranges(rows: usize, device: &Device) -> Vec<Range<usize>> {
     (0..shards).map(|i| i * rows / shards..(i + 1) * rows / shards).collect()
 }
 
+/// For items of the given sizes, the shard that takes each: the largest first, each to the
+/// least loaded shard (deterministic, and within the largest item of even).
+pub fn balance(sizes: impl IntoIterator<Item = usize>, shards: usize) -> Vec<usize> {
+    let sizes: Vec<usize> = sizes.into_iter().collect();
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let (mut load, mut owner) = (vec![0usize; shards.max(1)], vec![0; sizes.len()]);
+    for i in order {
+        let least = (0..load.len()).min_by_key(|&s| (load[s], s)).unwrap_or(0);
+        owner[i] = least;
+        load[least] += sizes[i];
+    }
+    owner
+}
+
 /// One pool per shard, the machine's threads divided between them.
 fn pools() -> &'static [rayon::ThreadPool] {
     static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
@@ -89,6 +104,21 @@ mod tests {
         assert_eq!(ranges.first().map(|r| r.start), Some(0));
         assert_eq!(ranges.last().map(|r| r.end), Some(9));
         assert!(ranges.windows(2).all(|w| w[0].end == w[1].start && !w[0].is_empty()));
+    }
+
+    #[test]
+    fn balance_splits_the_work_evenly() {
+        let owners = balance([100, 10, 60, 40, 5, 5], 2);
+        let load = |s| {
+            owners
+                .iter()
+                .zip([100, 10, 60, 40, 5, 5])
+                .filter(|&(&o, _)| o == s)
+                .map(|(_, n)| n)
+                .sum::<usize>()
+        };
+        assert_eq!((load(0), load(1)), (110, 110));
+        assert_eq!(balance([7], 3), vec![0]);
     }
 
     #[test]

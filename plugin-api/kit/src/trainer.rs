@@ -268,10 +268,12 @@ impl<E: Experiment> Trainer<E> {
     ) -> Result<BatchStats> {
         if !self.metrics_due() {
             let mut total = BatchStats { loss_sum: 0.0, correct: 0, tokens: 0 };
+            let mut stores = Vec::new();
             for (stats, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
                 add_stats(&mut total, &stats);
-                self.accumulate(grads.as_ref().expect("a gradient was asked for"))?;
+                stores.extend(grads);
             }
+            self.accumulate_shards(&stores)?;
             return Ok(total);
         }
         // A step whose metrics are measured runs whole: the residual probe sees one forward.
@@ -291,13 +293,35 @@ impl<E: Experiment> Trainer<E> {
 
     /// Adds one backward pass's gradients to the accumulator.
     fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
-        for (acc, p) in self.grads.iter_mut().zip(self.params.params()) {
-            if let Some(g) = grads.get(p.var.as_tensor()) {
-                *acc = Some(match acc.take() {
+        self.accumulate_shards(std::slice::from_ref(grads))
+    }
+
+    /// Adds each shard's gradients to the accumulator, in shard order. With several shards the
+    /// parameters are divided between the shards' pools, so that both cores add at once (on the
+    /// calling thread the adds went through candle's pool, one op at a time).
+    fn accumulate_shards(&mut self, stores: &[GradStore]) -> Result<()> {
+        let params = self.params.params();
+        let sum = |j: usize| -> Result<Option<Tensor>> {
+            let mut acc = self.grads[j].clone();
+            for g in stores.iter().filter_map(|store| store.get(params[j].var.as_tensor())) {
+                acc = Some(match acc {
                     Some(a) => (a + g)?,
                     None => g.clone(),
                 });
             }
+            Ok(acc)
+        };
+        let summed: Vec<(usize, Option<Tensor>)> = if stores.len() < 2 {
+            (0..params.len()).map(|j| Ok((j, sum(j)?))).collect::<Result<_>>()?
+        } else {
+            let owners = crate::shards::balance(params.iter().map(|p| p.var.elem_count()), stores.len());
+            let parts = crate::shards::run(stores.len(), |i| {
+                owners.iter().enumerate().filter(|&(_, &o)| o == i).map(|(j, _)| Ok((j, sum(j)?))).collect()
+            });
+            parts.into_iter().collect::<Result<Vec<Vec<_>>>>()?.into_iter().flatten().collect()
+        };
+        for (j, g) in summed {
+            self.grads[j] = g;
         }
         Ok(())
     }

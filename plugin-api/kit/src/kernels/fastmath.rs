@@ -28,16 +28,34 @@ pub fn exp(x: f32) -> f32 {
     er * two_k
 }
 
-/// erf(x) for f32 with absolute error below 1e−6 (1.5e−7 in exact arithmetic, the rest f32
-/// rounding): Abramowitz & Stegun 7.1.26,
-/// erf x = 1 − t·P(t)·e^{−x²} with t = 1/(1 + p|x|), odd in x.
+/// erf(x) for f32 with absolute error below 1e−6 (3.3e−7 measured against a series in f64), as
+/// a rational function with no exponential: x·P(x²)/Q(x²) of degrees 13 and 8 on [−4, 4], ±1
+/// outside (Eigen's `generic_fast_erf_float`, a minimax fit). Beyond ±3.9, erf is ±1 in f32.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
-    erf_with_exp(x, exp(-x * x))
+    let saturated = 1f32.copysign(x);
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p - 2.101_024e-6;
+    p = x2 * p - 5.692_506_4e-5;
+    p = x2 * p - 7.349_906_3e-4;
+    p = x2 * p - 2.954_600e-3;
+    p = x2 * p - 1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 - 2.133_740_6e-4;
+    q = x2 * q - 1.682_827e-3;
+    q = x2 * q - 7.373_329e-3;
+    q = x2 * q - 1.426_474e-2;
+    if x.abs() > 3.9 {
+        saturated
+    } else {
+        x * p / q
+    }
 }
 
 /// erf(x) given `e` = e^{−x²}, for a caller that needs that exponential anyway (GELU's
-/// backward: the normal density at x√2 is the same exponential).
+/// backward: the normal density at x√2 is the same exponential), with absolute error below
+/// 1e−6: Abramowitz & Stegun 7.1.26, erf x = 1 − t·P(t)·e^{−x²} with t = 1/(1 + p|x|), odd in x.
 #[inline(always)]
 pub fn erf_with_exp(x: f32, e: f32) -> f32 {
     const P: f32 = 0.327_591_1;
@@ -187,15 +205,18 @@ mod tests {
 
     #[test]
     fn erf_is_within_1e6_of_candles() {
-        let mut worst = 0f32;
-        for i in -6000..6000 {
-            let x = i as f32 * 1e-3;
-            worst = worst.max((erf(x) - candle_core::cpu::erf::erf_f32(x)).abs());
+        let with_exp = |x: f32| erf_with_exp(x, exp(-x * x));
+        for erf in [erf as fn(f32) -> f32, with_exp] {
+            let mut worst = 0f32;
+            for i in -6000..6000 {
+                let x = i as f32 * 1e-3;
+                worst = worst.max((erf(x) - candle_core::cpu::erf::erf_f32(x)).abs());
+            }
+            assert!(worst < 1e-6, "absolute error {worst}");
+            assert!(erf(0.0).abs() < 2e-7);
+            assert_eq!(erf(10.0), 1.0);
+            assert_eq!(erf(-10.0), -1.0);
         }
-        assert!(worst < 1e-6, "absolute error {worst}");
-        assert!(erf(0.0).abs() < 2e-7);
-        assert_eq!(erf(10.0), 1.0);
-        assert_eq!(erf(-10.0), -1.0);
     }
 
     #[test]
