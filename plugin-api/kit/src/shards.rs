@@ -9,7 +9,8 @@
 //! the order gradients are summed in, so it is part of what a run is); the cores are divided
 //! between the shards' pools.
 //!
-//! `LMHOST_SHARDS=1` turns the split off (and `=N` uses N shards), to compare.
+//! `LMHOST_SHARDS=1` turns the split off (and `=N` uses N shards), to compare;
+//! `LMHOST_PLAIN_KERNELS=1`, the whole unoptimised path, turns it off too.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -33,7 +34,7 @@ fn shard_count() -> usize {
 /// batch has fewer rows than shards.
 pub fn row_ranges(rows: usize, device: &Device) -> Vec<Range<usize>> {
     let shards = shard_count();
-    if !device.is_cpu() || shards == 1 || rows < shards {
+    if !device.is_cpu() || shards == 1 || rows < shards || crate::kernels::plain_kernels() {
         return std::iter::once(0..rows).collect();
     }
     (0..shards).map(|i| i * rows / shards..(i + 1) * rows / shards).collect()
