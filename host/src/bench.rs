@@ -56,13 +56,14 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     let mut model = plugin.create(&spec, &arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = model.param_counts();
     println!(
-        "bench: {} preset:{} params:{} batch:{}x{} threads:{} steps:{} (+{} warmup)",
+        "bench: {} preset:{} params:{} batch:{}x{} threads:{} shards:{} steps:{} (+{} warmup)",
         plugin.description.name,
         args.preset,
         counts.train,
         config.batch_size,
         config.context_length,
         candle_threads(),
+        lmhost_kit::shards::count(),
         args.steps,
         args.warmup
     );

@@ -23,9 +23,14 @@ pub const SHARDS: usize = 2;
 /// Deep autograd graphs recurse in candle's backward; the main thread's 8 MiB, not a worker's 2.
 const STACK_BYTES: usize = 16 << 20;
 
-fn shard_count() -> usize {
+/// How many shards a CPU micro-batch is split into here: [`SHARDS`], `LMHOST_SHARDS` when set,
+/// 1 with `LMHOST_PLAIN_KERNELS`.
+pub fn count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
+        if crate::kernels::plain_kernels() {
+            return 1;
+        }
         std::env::var("LMHOST_SHARDS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(SHARDS)
     })
 }
@@ -33,8 +38,8 @@ fn shard_count() -> usize {
 /// The rows of each shard of a (rows, …) batch: one range, all rows, off the CPU or when the
 /// batch has fewer rows than shards.
 pub fn row_ranges(rows: usize, device: &Device) -> Vec<Range<usize>> {
-    let shards = shard_count();
-    if !device.is_cpu() || shards == 1 || rows < shards || crate::kernels::plain_kernels() {
+    let shards = count();
+    if !device.is_cpu() || shards == 1 || rows < shards {
         return std::iter::once(0..rows).collect();
     }
     (0..shards).map(|i| i * rows / shards..(i + 1) * rows / shards).collect()
@@ -59,7 +64,7 @@ pub fn balance(sizes: impl IntoIterator<Item = usize>, shards: usize) -> Vec<usi
 fn pools() -> &'static [rayon::ThreadPool] {
     static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
     POOLS.get_or_init(|| {
-        let (shards, threads) = (shard_count(), candle_core::utils::get_num_threads());
+        let (shards, threads) = (count(), candle_core::utils::get_num_threads());
         (0..shards)
             .map(|i| {
                 // Pools of one thread make candle run every op inline (the vendored patch).
@@ -101,7 +106,7 @@ mod tests {
         let cpu = Device::Cpu;
         assert_eq!(row_ranges(1, &cpu), vec![0..1]);
         let ranges = row_ranges(9, &cpu);
-        assert_eq!(ranges.len(), shard_count());
+        assert_eq!(ranges.len(), count());
         assert_eq!(ranges.first().map(|r| r.start), Some(0));
         assert_eq!(ranges.last().map(|r| r.end), Some(9));
         assert!(ranges.windows(2).all(|w| w[0].end == w[1].start && !w[0].is_empty()));
@@ -124,7 +129,7 @@ mod tests {
 
     #[test]
     fn shards_run_at_once_on_their_own_pools_and_panics_reach_the_caller() {
-        let n = shard_count();
+        let n = count();
         let results = run(n, |i| {
             let name = std::thread::current().name().map(String::from);
             (i, rayon::current_num_threads(), candle_core::utils::get_num_threads(), name)
