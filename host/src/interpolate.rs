@@ -193,10 +193,7 @@ fn evaluate(run: &mut Trained, ids: &[u32], context: usize) -> Result<(f64, f64)
             rows: (chunk.len() / cols) as u32,
             cols: cols as u32,
         };
-        let s = run.model.evaluate(batch).into_result().map_err(|e| anyhow::anyhow!("evaluate {e}"))?;
-        total.loss_sum += s.loss_sum;
-        total.correct += s.correct;
-        total.tokens += s.tokens;
+        total += run.model.evaluate(batch).into_result().map_err(|e| anyhow::anyhow!("evaluate {e}"))?;
     }
     Ok((total.loss_sum / total.tokens.max(1) as f64, total.correct as f64 / total.tokens.max(1) as f64))
 }

@@ -294,11 +294,8 @@ pub fn optimizer_step(
     for micro in 0..c.accumulation() as u64 {
         let ids = mixed_batch(train, c.seed, step - 1, micro, rows, c.context_length);
         let batch = TokenBatch { ids: RSlice::from_slice(&ids), rows: rows as u32, cols: cols as u32 };
-        let s =
+        total +=
             model.forward_backward(batch, loss_scale).into_result().map_err(|e| ("forward_backward", e))?;
-        total.loss_sum += s.loss_sum;
-        total.correct += s.correct;
-        total.tokens += s.tokens;
     }
     if !total.loss_sum.is_finite() {
         return Ok((total, f64::NAN));
@@ -504,10 +501,8 @@ impl<'a> Training<'a> {
                 rows: (chunk.len() / cols) as u32,
                 cols: cols as u32,
             };
-            let s = self.model.evaluate(batch).into_result().map_err(|e| self.plugin_error("evaluate", e))?;
-            total.loss_sum += s.loss_sum;
-            total.correct += s.correct;
-            total.tokens += s.tokens;
+            total +=
+                self.model.evaluate(batch).into_result().map_err(|e| self.plugin_error("evaluate", e))?;
         }
         let loss = total.loss_sum / total.tokens.max(1) as f64;
         let accuracy = total.correct as f64 / total.tokens.max(1) as f64;

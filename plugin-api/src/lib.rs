@@ -106,6 +106,15 @@ pub struct BatchStats {
     pub tokens: u64,
 }
 
+impl std::ops::AddAssign for BatchStats {
+    /// Sums of two parts of a batch (micro-batches, shards, validation chunks).
+    fn add_assign(&mut self, other: Self) {
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+        self.tokens += other.tokens;
+    }
+}
+
 /// What the host decides for one optimiser step.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]

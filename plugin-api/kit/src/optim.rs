@@ -231,6 +231,7 @@ mod fused {
     use rayon::prelude::*;
 
     use super::OptimConfig;
+    use crate::kernels::f32s;
     use crate::kernels::fastmath::simd_fn;
 
     const CHUNK: usize = 1 << 14;
@@ -291,7 +292,7 @@ mod fused {
         };
         let (storage, layout) = g.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("adamw: not a CPU tensor") };
-        let g = slice(cpu, layout)?;
+        let g = f32s(cpu, layout, "adamw")?;
         with_mut(m, |m| {
             with_mut(v, |v| {
                 with_mut(theta, |theta| {
@@ -327,12 +328,6 @@ mod fused {
         t.inplace_op1(&Borrow(Cell::new(Some(f))))
     }
 
-    fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-        let (a, b) =
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
-        Ok(&s.as_slice::<f32>()?[a..b])
-    }
-
     fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
         let (a, b) =
             l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
@@ -354,7 +349,8 @@ mod fused {
         let candle_core::Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("sum of squares: not a CPU tensor")
         };
-        let partials: Vec<f64> = slice(cpu, layout)?.par_chunks(CHUNK).map(|c| squares(c) as f64).collect();
+        let partials: Vec<f64> =
+            f32s(cpu, layout, "sum of squares")?.par_chunks(CHUNK).map(|c| squares(c) as f64).collect();
         Ok(partials.iter().sum())
     }
 }

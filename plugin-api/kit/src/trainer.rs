@@ -96,12 +96,6 @@ fn loss<E: Experiment>(
     Ok((loss_sum, stats))
 }
 
-fn add_stats(total: &mut BatchStats, shard: &BatchStats) {
-    total.loss_sum += shard.loss_sum;
-    total.correct += shard.correct;
-    total.tokens += shard.tokens;
-}
-
 /// `cpu` or `cuda:N`.
 pub fn parse_device(name: &str) -> Result<Device> {
     if name == "cpu" {
@@ -267,10 +261,10 @@ impl<E: Experiment> Trainer<E> {
         loss_scale: f64,
     ) -> Result<BatchStats> {
         if !self.metrics_due() {
-            let mut total = BatchStats { loss_sum: 0.0, correct: 0, tokens: 0 };
+            let mut total = BatchStats::default();
             let mut stores = Vec::new();
             for (stats, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
-                add_stats(&mut total, &stats);
+                total += stats;
                 stores.extend(grads);
             }
             self.accumulate_shards(&stores)?;
@@ -287,13 +281,8 @@ impl<E: Experiment> Trainer<E> {
             }
         }
         self.metrics.extend(self.model.extra_metrics()?);
-        self.accumulate(&(loss_sum * loss_scale)?.backward()?)?;
+        self.accumulate_shards(&[(loss_sum * loss_scale)?.backward()?])?;
         Ok(stats)
-    }
-
-    /// Adds one backward pass's gradients to the accumulator.
-    fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
-        self.accumulate_shards(std::slice::from_ref(grads))
     }
 
     /// Adds each shard's gradients to the accumulator, in shard order. With several shards the
@@ -336,9 +325,9 @@ impl<E: Experiment> Trainer<E> {
     }
 
     pub fn evaluate(&mut self, ids: &[u32], rows: usize, cols: usize) -> Result<BatchStats> {
-        let mut total = BatchStats { loss_sum: 0.0, correct: 0, tokens: 0 };
+        let mut total = BatchStats::default();
         for (stats, _) in self.sharded_loss(ids, rows, cols, None)? {
-            add_stats(&mut total, &stats);
+            total += stats;
         }
         Ok(total)
     }
