@@ -105,8 +105,10 @@ fn interpolating_two_children_measures_the_path_between_them() {
 
     let mut other = vec!["run", "baseline", "steps=2", "n_layer=2"];
     other.extend(&SMALL_MODEL[1..]);
+    // The new folder, found by difference: runs finished within one second sort by seed, not time.
+    let before: Vec<_> = runs(dir.path()).into_iter().map(|r| r.path).collect();
     assert!(built().lmhost(dir.path(), &other).success());
-    let wider = runs(dir.path()).last().unwrap().path.clone();
+    let wider = runs(dir.path()).into_iter().map(|r| r.path).find(|p| !before.contains(p)).unwrap();
     let refused = built().lmhost(dir.path(), &["interpolate", a, wider.to_str().unwrap()]);
     assert!(!refused.success() && refused.stderr().contains("one architecture"), "{}", refused.stderr());
 }
