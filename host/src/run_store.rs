@@ -1,6 +1,7 @@
 //! The run store: one folder per run under `runs/`, holding `run.json` (what ran, written before
 //! step 0 and updated as the status changes), `stats.arrows`, `checkpoints/` and `worker.log`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -72,6 +73,10 @@ pub struct HostRecord {
     pub cpus: usize,
     /// How lmhost was invoked.
     pub command: Vec<String>,
+    /// Environment overrides that change a run's numbers (`LMHOST_PLAIN_KERNELS`,
+    /// `LMHOST_SHARDS`), where set; part of the fingerprint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub numerics_env: BTreeMap<String, String>,
 }
 
 impl HostRecord {
@@ -85,6 +90,7 @@ impl HostRecord {
             cpu_model: cpu_model(),
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             command: std::env::args().collect(),
+            numerics_env: lmhost_kit::kernels::numerics_env(),
         }
     }
 }
@@ -191,6 +197,7 @@ impl RunRecord {
             "plugin": [&self.plugin.name, &self.plugin.version, &self.plugin.variant, &self.plugin.sha256],
             "data": [&self.data.manifest.tokenizer_fingerprint, &self.data.manifest.val_fingerprint, self.data.manifest.train_tokens],
             "host": [&self.host.version, &self.host.binary_sha256],
+            "numerics_env": &self.host.numerics_env,
             "plan": self.plan.as_ref().map(|p| (&p.plan, &p.stages)),
         });
         hex(&Sha256::digest(identity.to_string()))

@@ -46,6 +46,17 @@ pub fn plain_kernels() -> bool {
     *PLAIN.get_or_init(|| std::env::var("LMHOST_PLAIN_KERNELS").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
+/// The environment variables that change a run's numbers: `LMHOST_PLAIN_KERNELS` (the plain
+/// path rounds differently) and `LMHOST_SHARDS` (the order gradients are summed in). Each set
+/// one, with its value; the host records them with a run and counts them in its fingerprint, so a
+/// run made under them is never reused for one made without.
+pub fn numerics_env() -> std::collections::BTreeMap<String, String> {
+    ["LMHOST_PLAIN_KERNELS", "LMHOST_SHARDS"]
+        .into_iter()
+        .filter_map(|key| std::env::var(key).ok().map(|value| (key.to_owned(), value)))
+        .collect()
+}
+
 /// A kernel's output buffer, left uninitialised: zeroing outputs that the kernel then overwrites
 /// whole was 3 % of a CPU step (`memset`). Only for outputs whose every element the kernel
 /// writes before anything reads them (candle's own `alloc_uninit` is the same idea).
