@@ -61,15 +61,16 @@ fn a_matching_finished_baseline_is_reused() {
     let again = built().lmhost(dir.path(), &a);
     assert!(again.success());
     assert!(again.stdout().contains("arm:baseline reusing"), "{}", again.stdout());
-    let runs = runs(dir.path());
-    assert_eq!(runs.iter().filter(|r| r.arm() == "baseline").count(), 1);
-    assert_eq!(runs.iter().filter(|r| r.arm() == "experiment").count(), 2);
+    let arms: Vec<String> = runs(dir.path()).iter().map(|r| r.arm().to_owned()).collect();
+    assert_eq!(arms.iter().filter(|arm| *arm == "baseline").count(), 1);
+    assert_eq!(arms.iter().filter(|arm| *arm == "experiment").count(), 2);
     // The plain kernels round differently: their baseline is trained, not reused, and recorded.
     let plain = built().lmhost_with_env(dir.path(), &a, &[("LMHOST_PLAIN_KERNELS", "1")]);
     assert!(plain.success() && !plain.stdout().contains("reusing"), "{}", plain.stdout());
-    let runs = lmhost_tests::runs(dir.path());
-    let recorded: Vec<_> =
-        runs.iter().map(|r| r.record["host"]["numerics_env"]["LMHOST_PLAIN_KERNELS"].clone()).collect();
+    let recorded: Vec<_> = runs(dir.path())
+        .iter()
+        .map(|r| r.record["host"]["numerics_env"]["LMHOST_PLAIN_KERNELS"].clone())
+        .collect();
     assert_eq!(recorded.iter().filter(|v| *v == "1").count(), 2, "{recorded:?}");
     // A different config trains a new baseline.
     a.push("lr=3e-4");

@@ -47,8 +47,8 @@ pub fn plain_kernels() -> bool {
 }
 
 /// The environment variables that change a run's numbers: `LMHOST_PLAIN_KERNELS` (the plain
-/// path rounds differently) and `LMHOST_SHARDS` (the order gradients are summed in). Each set
-/// one, with its value; the host records them with a run and counts them in its fingerprint, so a
+/// path rounds differently) and `LMHOST_SHARDS` (the order gradients are summed in): those set,
+/// with their values. The host records them with a run and counts them in its fingerprint, so a
 /// run made under them is never reused for one made without.
 pub fn numerics_env() -> std::collections::BTreeMap<String, String> {
     ["LMHOST_PLAIN_KERNELS", "LMHOST_SHARDS"]
