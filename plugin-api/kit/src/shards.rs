@@ -20,6 +20,9 @@ use candle_core::Device;
 /// Shards per CPU micro-batch.
 pub const SHARDS: usize = 2;
 
+/// The variable that sets the shard count.
+pub const SHARDS_ENV: &str = "LMHOST_SHARDS";
+
 /// Deep autograd graphs recurse in candle's backward; the main thread's 8 MiB, not a worker's 2.
 const STACK_BYTES: usize = 16 << 20;
 
@@ -31,7 +34,7 @@ pub fn count() -> usize {
         if crate::kernels::plain_kernels() {
             return 1;
         }
-        std::env::var("LMHOST_SHARDS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(SHARDS)
+        std::env::var(SHARDS_ENV).ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(SHARDS)
     })
 }
 

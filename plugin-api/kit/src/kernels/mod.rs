@@ -39,11 +39,14 @@ fn fused(tensors: &[&Tensor]) -> bool {
     !plain_kernels() && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// The variable that turns the fused kernels off.
+pub const PLAIN_KERNELS_ENV: &str = "LMHOST_PLAIN_KERNELS";
+
 /// `LMHOST_PLAIN_KERNELS=1` sends every kernel down its plain candle path: to measure what the
 /// kernels buy, or to check a result against the unoptimised model.
 pub fn plain_kernels() -> bool {
     static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PLAIN.get_or_init(|| std::env::var("LMHOST_PLAIN_KERNELS").is_ok_and(|v| !v.is_empty() && v != "0"))
+    *PLAIN.get_or_init(|| std::env::var(PLAIN_KERNELS_ENV).is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
 /// The environment variables that change a run's numbers: `LMHOST_PLAIN_KERNELS` (the plain
@@ -51,7 +54,7 @@ pub fn plain_kernels() -> bool {
 /// with their values. The host records them with a run and counts them in its fingerprint, so a
 /// run made under them is never reused for one made without.
 pub fn numerics_env() -> std::collections::BTreeMap<String, String> {
-    ["LMHOST_PLAIN_KERNELS", "LMHOST_SHARDS"]
+    [PLAIN_KERNELS_ENV, crate::shards::SHARDS_ENV]
         .into_iter()
         .filter_map(|key| std::env::var(key).ok().map(|value| (key.to_owned(), value)))
         .collect()
@@ -71,17 +74,18 @@ fn output_buffer(len: usize) -> Vec<f32> {
 
 /// The values of a contiguous f32 CPU storage under its layout.
 pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
-    Ok(&s.as_slice::<f32>()?[start..end])
+    values(s, l, op)
 }
 
 fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
+    values(s, l, op)
+}
+
+fn values<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
-    Ok(&s.as_slice::<u32>()?[start..end])
+    Ok(&s.as_slice::<T>()?[start..end])
 }
 
 #[cfg(test)]
