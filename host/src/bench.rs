@@ -7,8 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::config::{resolve_arm, Override, Request};
+use crate::model::Model;
 use crate::plugin::Plugin;
-use crate::train::optimizer_step;
+use crate::train::train_step;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -36,12 +37,17 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<bool> {
-    let source = crate::workspace::resolve_plugin_arg(&args.plugin)?;
+    // `lmhost bench precision=bf16-mixed`: the baseline, with the key.
+    let (plugin, overrides) = match args.plugin.contains('=') {
+        true => ("baseline", std::iter::once(&args.plugin).chain(&args.overrides).collect::<Vec<_>>()),
+        false => (args.plugin.as_str(), args.overrides.iter().collect()),
+    };
+    let source = crate::workspace::resolve_plugin_arg(plugin)?;
     let plugin = Plugin::open(&source)?;
     let request = Request {
         preset: args.preset.clone(),
         variant: None,
-        overrides: args.overrides.iter().map(|o| o.parse()).collect::<Result<Vec<Override>>>()?,
+        overrides: overrides.iter().map(|o| o.parse()).collect::<Result<Vec<Override>>>()?,
     };
     let (mut arm, unknown) = resolve_arm(&plugin.description, &request)?;
     if let Some(key) = unknown.first() {
@@ -53,13 +59,15 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     let data =
         crate::events::prepare_data(&config.data_settings(), &cache).context("cannot prepare the data")?;
     let spec = config.run_spec(data.manifest.vocab_size);
-    let mut model = plugin.create(&spec, &arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = plugin.create(&spec, &arm.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut model = Model::new(model, &plugin.description.api_version);
     let counts = model.param_counts();
     println!(
-        "bench: {} preset:{} params:{} batch:{}x{} threads:{} shards:{} steps:{} (+{} warmup)",
+        "bench: {} preset:{} params:{} precision:{} batch:{}x{} threads:{} shards:{} steps:{} (+{} warmup)",
         plugin.description.name,
         args.preset,
         counts.train,
+        spec.dtype,
         config.batch_size,
         config.context_length,
         candle_threads(),
@@ -67,12 +75,16 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         args.steps,
         args.warmup
     );
+    let fail = |call: &str, e: plugin_api::PluginError| anyhow::anyhow!("{call}: {e}");
     let mut rates = Vec::new();
     for step in 1..=args.warmup + args.steps {
         let t0 = Instant::now();
-        let (stats, _) = optimizer_step(&mut model, &[(&data.train, 1.0)], &config, step, config.lr)
-            .map_err(|(call, e)| anyhow::anyhow!("{call}: {e}"))?;
-        let rate = stats.tokens as f64 / t0.elapsed().as_secs_f64();
+        train_step(&mut model, &[(&data.train, 1.0)], &config, step, config.lr)
+            .map_err(|(call, e)| fail(call, e))?;
+        // Read back at every step here, so that the time is the step's whole time on any device.
+        let stats = model.take_step_stats().map_err(|e| fail("take_step_stats", e))?;
+        let tokens: u64 = stats.iter().map(|s| s.batch.tokens).sum();
+        let rate = tokens as f64 / t0.elapsed().as_secs_f64();
         if step > args.warmup {
             rates.push(rate);
         }
@@ -105,9 +117,10 @@ pub fn peak_rss_mb() -> Option<f64> {
 }
 
 /// Median milliseconds per step of the forward pass alone, forward and backward, and the
-/// optimiser step, over the timed steps (on batches after the ones timed above).
+/// optimiser step, over the timed steps (on batches after the ones timed above); then what a
+/// step issues: the plugin's tensor ops and reads back to the host.
 fn phases(
-    model: &mut plugin_api::ModelBox,
+    model: &mut Model,
     data: &datasets::PreparedData,
     config: &crate::config::RunConfig,
     args: &BenchArgs,
@@ -117,6 +130,7 @@ fn phases(
     let scale = 1.0 / config.tokens_per_step() as f64;
     let fail = |call: &str, e: plugin_api::PluginError| anyhow::anyhow!("{call}: {e}");
     let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let mut counts = Vec::new();
     let first = args.warmup + args.steps + 1;
     for step in first..first + args.steps {
         let (mut forward, mut backward) = (0.0, 0.0);
@@ -137,16 +151,25 @@ fn phases(
             let t0 = Instant::now();
             model.evaluate(batch()).into_result().map_err(|e| fail("evaluate", e))?;
             forward += t0.elapsed().as_secs_f64();
+            let before = model.counters();
             let t0 = Instant::now();
-            model.forward_backward(batch(), scale).into_result().map_err(|e| fail("forward_backward", e))?;
+            model.accumulate(batch(), scale).map_err(|e| fail("accumulate", e))?;
+            let after = model.counters();
             backward += t0.elapsed().as_secs_f64();
+            counts.push(("forward+backward", after.ops - before.ops, after.host_reads - before.host_reads));
         }
+        let before = model.counters();
         let t0 = Instant::now();
         model
-            .optimizer_step(plugin_api::StepSettings { step, lr: config.lr })
-            .into_result()
-            .map_err(|e| fail("optimizer_step", e))?;
-        for (list, t) in times.iter_mut().zip([forward, backward, t0.elapsed().as_secs_f64()]) {
+            .apply_step(plugin_api::StepSettings { step, lr: config.lr })
+            .map_err(|e| fail("apply_step", e))?;
+        let after = model.counters();
+        counts.push(("optimizer", after.ops - before.ops, after.host_reads - before.host_reads));
+        model.take_step_stats().map_err(|e| fail("take_step_stats", e))?;
+        let optimizer = t0.elapsed().as_secs_f64();
+        let read = model.counters();
+        counts.push(("read", read.ops - after.ops, read.host_reads - after.host_reads));
+        for (list, t) in times.iter_mut().zip([forward, backward, optimizer]) {
             list.push(t * 1e3);
         }
     }
@@ -160,5 +183,21 @@ fn phases(
         "phases (median ms per step): forward {f:.1}  forward+backward {fb:.1} (backward ≈ {:.1})  optimizer {opt:.1}",
         fb - f
     );
+    let per_step = |phase: &str| {
+        let of: Vec<(u64, u64)> = counts.iter().filter(|c| c.0 == phase).map(|c| (c.1, c.2)).collect();
+        let steps = args.steps.max(1);
+        (of.iter().map(|c| c.0).sum::<u64>() / steps, of.iter().map(|c| c.1).sum::<u64>() / steps)
+    };
+    let ((fb_ops, fb_reads), (opt_ops, opt_reads)) = (per_step("forward+backward"), per_step("optimizer"));
+    let (_, interval_reads) = per_step("read");
+    if fb_ops + opt_ops == 0 {
+        println!("counters: the plugin was built before plugin-api 0.1.2 and does not count");
+    } else {
+        println!(
+            "counters per step: tensor ops {} (forward+backward {fb_ops}, optimizer {opt_ops}); reads back to the host {} (forward+backward {fb_reads}, optimizer {opt_reads}), and {interval_reads} per logging interval",
+            fb_ops + opt_ops,
+            fb_reads + opt_reads,
+        );
+    }
     Ok(())
 }

@@ -237,7 +237,14 @@ pub fn main() -> ExitCode {
         .with_target(false)
         .init();
 
+    let features = workspace::built_features();
+    let version = format!(
+        "{} (features: {})",
+        env!("CARGO_PKG_VERSION"),
+        if features.is_empty() { "none".to_owned() } else { features.join(", ") }
+    );
     let command = Cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
         .mut_subcommand("run", |c| c.after_long_help(config_help()))
         .mut_subcommand("sweep", |c| c.after_long_help(config_help()));
     let cli = match Cli::from_arg_matches(&command.get_matches()) {

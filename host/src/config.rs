@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::plugin::PluginDescription;
+use lmhost_kit::precision::Precision;
+
+/// Keys that were replaced, with what to use instead.
+const RETIRED: &[(&str, &str)] = &[(
+    "dtype",
+    "dtype was replaced by precision=f32|tf32|bf16-mixed; pure bf16 training is gone (weight decay and small updates vanished in it)",
+)];
 
 lmhost_kit::knob_enum! {
     /// How the learning rate moves after warmup.
@@ -67,8 +74,9 @@ lmhost_kit::knobs! {
         pub seed: u64 = 1,
         /// cpu or cuda:N.
         pub device: String = "cpu".to_owned(),
-        /// f32 or bf16.
-        pub dtype: String = "f32".to_owned(),
+        /// auto (f32 on the CPU, bf16-mixed on CUDA), f32, tf32 (TF32 matrix products on CUDA)
+        /// or bf16-mixed (bf16 forward and backward from f32 master weights and optimiser state).
+        pub precision: Precision = Precision::Auto,
         /// Corpus: shakespeare (embedded), text:PATH (file, folder or glob), jsonl:PATH#field,
         /// parquet:PATH#column or arrow:PATH#column (Hugging Face `datasets` files).
         pub dataset: String = "shakespeare".to_owned(),
@@ -129,7 +137,7 @@ impl RunConfig {
     pub fn run_spec(&self, vocab_size: usize) -> plugin_api::RunSpec {
         plugin_api::RunSpec {
             device: self.device.as_str().into(),
-            dtype: self.dtype.as_str().into(),
+            dtype: self.precision.resolve(&self.device).as_str().into(),
             seed: self.seed,
             vocab_size: vocab_size as u32,
             context_length: self.context_length as u32,
@@ -296,6 +304,9 @@ pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(Arm
     }
     let mut unknown = Vec::new();
     for o in &request.overrides {
+        if let Some((_, instead)) = RETIRED.iter().find(|(key, _)| *key == o.key) {
+            bail!("{instead}");
+        }
         match field(&o.key) {
             Some(f) => {
                 set(&o.key, typed_value(&f, &o.value)?, &mut run, &mut model);
@@ -303,8 +314,12 @@ pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(Arm
             None => unknown.push(o.key.clone()),
         }
     }
-    let config = ArmConfig { run, model };
-    config.run_config()?.check()?;
+    let mut config = ArmConfig { run, model };
+    let resolved = config.run_config()?;
+    resolved.check()?;
+    // `auto` becomes what it means on the device, so the run records the arithmetic it used.
+    let precision = resolved.precision.resolve(&resolved.device);
+    config.run.insert("precision".into(), Value::from(precision.as_str()));
     Ok((config, unknown))
 }
 

@@ -17,6 +17,7 @@ pub mod interpolate;
 pub mod interrupt;
 pub mod logits_cmd;
 pub mod memory;
+pub mod model;
 pub mod orchestrate;
 pub mod plan;
 pub mod plugin;

@@ -159,7 +159,7 @@ pub fn report(dirs: &[PathBuf], name: &str) {
 pub fn train(plan: &RunPlan) -> Result<Trained> {
     let mut planned = resolve_arms(plan)?;
     let mut run_config = planned[0].config.run_config()?;
-    check_device(&run_config.device)?;
+    check_device(&run_config.device, &planned)?;
     let data = crate::events::prepare_data(&run_config.data_settings(), &plan.cache_dir)
         .with_context(|| format!("cannot prepare dataset `{}`", run_config.dataset))?;
     let stages = match run_config.plan.as_str() {
@@ -507,8 +507,21 @@ pub fn branch(
 }
 
 /// Refuses a device this build or this machine does not have, before anything is written.
-fn check_device(device: &str) -> Result<()> {
-    lmhost_kit::trainer::parse_device(device).map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+/// Refuses a device this build, this machine or a plugin does not have, before anything is
+/// written.
+fn check_device(device: &str, arms: &[PlannedArm]) -> Result<()> {
+    lmhost_kit::trainer::parse_device(device).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if device.starts_with("cuda") {
+        for arm in arms {
+            if arm.description.features.as_ref().is_some_and(|f| !f.iter().any(|f| f == "cuda")) {
+                bail!(
+                    "{} was built without CUDA, so it cannot train on {device}: rebuild it with `cargo build --release --workspace --features lmhost/cuda`",
+                    arm.source.label()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn new_record(

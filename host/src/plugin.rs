@@ -42,6 +42,10 @@ pub struct PluginDescription {
     pub variants: Vec<VariantDescription>,
     pub fields: Vec<FieldSpec>,
     pub sacrificial: bool,
+    /// The cargo features the plugin was built with (`cuda`); `None` from plugins built before
+    /// plugin-api 0.1.2, which do not say.
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,7 +57,12 @@ pub struct VariantDescription {
 
 impl PluginDescription {
     pub fn builtin() -> Self {
-        Self::from_info(&(root_module::<BuiltinBaseline>().info())())
+        Self::of(root_module::<BuiltinBaseline>())
+    }
+
+    fn of(module: PluginModRef) -> Self {
+        let features = module.features().map(|f| f().into_iter().map(|s| s.to_string()).collect());
+        Self { features, ..Self::from_info(&(module.info())()) }
     }
 
     fn from_info(info: &PluginInfo) -> Self {
@@ -84,6 +93,7 @@ impl PluginDescription {
                 })
                 .collect(),
             sacrificial: info.sacrificial,
+            features: None,
         }
     }
 }
@@ -114,11 +124,7 @@ pub struct Plugin {
 impl Plugin {
     pub fn builtin() -> Self {
         let module = root_module::<BuiltinBaseline>();
-        Self {
-            description: PluginDescription::from_info(&(module.info())()),
-            module,
-            source: PluginSource::Builtin,
-        }
+        Self { description: PluginDescription::of(module), module, source: PluginSource::Builtin }
     }
 
     pub fn open(source: &PluginSource) -> Result<Self, PluginLoadError> {
@@ -138,7 +144,7 @@ impl Plugin {
         let module = lib_header_from_path(path)
             .and_then(|header| header.init_root_module::<PluginModRef>())
             .map_err(|e| load_error(&shown, e))?;
-        let description = PluginDescription::from_info(&(module.info())());
+        let description = PluginDescription::of(module);
         Ok(Self { module, description, source: PluginSource::Library { path: path.to_owned() } })
     }
 

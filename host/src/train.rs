@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use abi_stable::std_types::{RSlice, RStr};
 use anyhow::{Context, Result};
 use datasets::{mixed_batch, validation_windows, PreparedData};
-use plugin_api::{BatchStats, ModelBox, StepSettings, TokenBatch};
+use plugin_api::{BatchStats, StepSettings, StepStats, TokenBatch};
 use reports::{Split, StatsRow, StatsWriter};
 
 use crate::config::{Override, RunConfig};
 use crate::events::{emit, Event};
+use crate::model::Model;
 use crate::plugin::{Plugin, PluginSource};
 use crate::run_store::{self, write_atomic, RunRecord, RunResult, Status};
 use crate::schedule::LrSchedule;
@@ -77,9 +78,10 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override
     }
     let config = record.config.run_config()?;
     let spec = config.run_spec(data.manifest.vocab_size);
-    let mut model = plugin
+    let model = plugin
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
+    let mut model = Model::new(model, &plugin.description.api_version);
     if resume.is_none() && !config.init.is_empty() {
         load_init(&mut model, &config)?;
     }
@@ -113,7 +115,7 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override
 }
 
 /// Replaces the seeded initialisation with the weights `init=` names.
-fn load_init(model: &mut ModelBox, config: &RunConfig) -> Result<()> {
+fn load_init(model: &mut Model, config: &RunConfig) -> Result<()> {
     let weights = match config.init.strip_prefix("hf:") {
         Some(dir) => {
             let dir = Path::new(dir);
@@ -154,7 +156,7 @@ impl Default for Start {
 fn resume_point(
     dir: &Path,
     record: &mut RunRecord,
-    model: &mut ModelBox,
+    model: &mut Model,
     config: &RunConfig,
     overrides: &[Override],
 ) -> Result<(StatsWriter, Start)> {
@@ -278,31 +280,54 @@ fn stats_identity(record: &RunRecord) -> String {
     .to_string()
 }
 
-/// One optimiser step (1-based `step`) over `batch_size / micro_batch_size` micro-batches of
-/// the deterministic training stream: the loss sums and the gradient norm (NaN, and no update,
-/// when the loss is not finite). An error names the plugin call that failed.
-pub fn optimizer_step(
-    model: &mut ModelBox,
+/// Issues one optimiser step (1-based `step`) over `batch_size / micro_batch_size` micro-batches
+/// of the deterministic training stream, reading nothing back; its numbers come with the next
+/// [`Model::take_step_stats`]. An error names the plugin call that failed.
+pub fn train_step(
+    model: &mut Model,
     train: &[(&datasets::Tokens, f64)],
     c: &RunConfig,
     step: u64,
     lr: f64,
-) -> std::result::Result<(BatchStats, f64), (&'static str, plugin_api::PluginError)> {
+) -> std::result::Result<(), (&'static str, plugin_api::PluginError)> {
     let (rows, cols) = (c.micro_batch_size, c.context_length + 1);
     let loss_scale = 1.0 / c.tokens_per_step() as f64;
-    let mut total = BatchStats::default();
     for micro in 0..c.accumulation() as u64 {
         let ids = mixed_batch(train, c.seed, step - 1, micro, rows, c.context_length);
         let batch = TokenBatch { ids: RSlice::from_slice(&ids), rows: rows as u32, cols: cols as u32 };
-        total +=
-            model.forward_backward(batch, loss_scale).into_result().map_err(|e| ("forward_backward", e))?;
+        model.accumulate(batch, loss_scale).map_err(|e| ("accumulate", e))?;
     }
-    if !total.loss_sum.is_finite() {
-        return Ok((total, f64::NAN));
+    model.apply_step(StepSettings { step, lr }).map_err(|e| ("apply_step", e))
+}
+
+/// The steps of one logging interval: those issued but not read back yet (step, tokens after it,
+/// wall seconds when issued), and the training time and tokens of the whole interval.
+#[derive(Default)]
+struct Interval {
+    unread: Vec<(u64, u64, f64)>,
+    time: Duration,
+    tokens: u64,
+    /// Training time not yet counted in the run's total.
+    pending_time: Duration,
+}
+
+impl Interval {
+    fn add(&mut self, time: Duration, tokens: u64) {
+        self.time += time;
+        self.pending_time += time;
+        self.tokens += tokens;
     }
-    let report =
-        model.optimizer_step(StepSettings { step, lr }).into_result().map_err(|e| ("optimizer_step", e))?;
-    Ok((total, report.grad_norm))
+
+    /// Training tokens per second over the interval so far.
+    fn rate(&self) -> f64 {
+        self.tokens as f64 / self.time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The mean loss and accuracy of a step's numbers.
+fn mean(batch: &BatchStats) -> (f64, f64) {
+    let tokens = batch.tokens.max(1) as f64;
+    (batch.loss_sum / tokens, batch.correct as f64 / tokens)
 }
 
 struct Training<'a> {
@@ -311,7 +336,7 @@ struct Training<'a> {
     stages: Vec<StageRun>,
     /// Resumes with overrides: the step each started after, and how its rows are marked.
     marks: Vec<(u64, String)>,
-    model: ModelBox,
+    model: Model,
     val_ids: Vec<u32>,
     stats: Option<StatsWriter>,
     plugin_name: String,
@@ -403,20 +428,27 @@ impl<'a> Training<'a> {
             // The initialisation itself: where `lmhost branch --at 0` starts children.
             self.checkpoint(0)?;
         }
-        let mut interval = (Duration::ZERO, 0u64);
+        let mut interval = Interval::default();
         for step in self.start.step + 1..=steps {
-            let (loss, step_time) = self.train_step(step)?;
+            self.train_step(step, &mut interval)?;
             result.steps = step;
-            interval.0 += step_time;
-            interval.1 += self.config.tokens_per_step();
+            let last = step == steps;
+            let logging = step % self.config.log_every == 0 || last;
+            let evaluating = step % self.config.eval_every == 0 || last;
+            let checkpointing = self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0;
+            let interrupted = crate::interrupt::requested() && !last;
+            if !(logging || evaluating || checkpointing || interrupted) {
+                continue; // nothing is read back on this step
+            }
+            let loss = self.read_steps(&mut interval)?;
             let mut evaluated = None;
-            if step % self.config.eval_every == 0 || step == steps {
+            if evaluating {
                 let (l, a) = self.evaluate(step)?;
                 result.val_loss = Some(l);
                 result.val_accuracy = Some(a);
                 evaluated = Some(l);
             }
-            if step % self.config.log_every == 0 || step == steps {
+            if logging {
                 self.flush()?;
                 let elapsed = self.started.elapsed().as_secs_f64();
                 let done = step - self.start.step;
@@ -427,15 +459,16 @@ impl<'a> Training<'a> {
                     val_loss: evaluated.or(result.val_loss),
                     lr: self.lr(step),
                     stage: self.stage_label(step),
-                    tokens_per_s: interval.1 as f64 / interval.0.as_secs_f64().max(1e-9),
+                    tokens_per_s: interval.rate(),
                     eta_s: elapsed / done as f64 * (steps - step) as f64,
                 });
-                interval = (Duration::ZERO, 0);
+                interval = Interval::default();
             }
-            if self.config.checkpoint_every > 0 && step % self.config.checkpoint_every == 0 && step != steps {
+            if checkpointing && !last {
+                self.flush()?;
                 self.checkpoint(step)?;
             }
-            if crate::interrupt::requested() && step != steps {
+            if interrupted {
                 self.flush()?;
                 result.last_checkpoint = Some(self.checkpoint(step)?);
                 return Err(Stop::Interrupted(format!(
@@ -449,46 +482,75 @@ impl<'a> Training<'a> {
         Ok(())
     }
 
-    /// One optimiser step, recorded in the stats.
-    fn train_step(&mut self, step: u64) -> Result<(f64, Duration)> {
+    /// Issues one optimiser step; its numbers stay with the model until [`read_steps`](Self::read_steps).
+    fn train_step(&mut self, step: u64, interval: &mut Interval) -> Result<()> {
         let t0 = Instant::now();
         let lr = self.lr(step);
-        let name = self.stage_label(step);
         let stage = stage_of(&self.stages, step);
         let streams = stage.streams.iter().map(|(t, w)| (t, *w)).collect::<Vec<_>>();
-        let (total, grad_norm) = optimizer_step(&mut self.model, &streams, &self.config, step, lr)
+        train_step(&mut self.model, &streams, &self.config, step, lr)
             .map_err(|(call, e)| self.plugin_error(call, e))?;
-        let loss = total.loss_sum / total.tokens.max(1) as f64;
-        let step_time = t0.elapsed();
-        self.train_time += step_time;
-        self.tokens += total.tokens;
+        self.tokens += self.config.tokens_per_step();
         let wall = self.wall();
-        self.push(StatsRow {
-            loss: Some(loss),
-            accuracy: Some(total.correct as f64 / total.tokens.max(1) as f64),
-            lr: Some(lr),
-            grad_norm: Some(grad_norm),
-            tokens_per_s: Some(total.tokens as f64 / step_time.as_secs_f64().max(1e-9)),
-            stage: name.clone(),
-            ..StatsRow::at(step, self.tokens, wall, Split::Train)
-        });
         let metrics =
             self.model.extra_metrics().into_result().map_err(|e| self.plugin_error("extra_metrics", e))?;
+        let name = self.stage_label(step);
         for m in metrics.iter() {
             self.push(StatsRow {
                 stage: name.clone(),
                 ..StatsRow::metric(step, self.tokens, wall, m.name.as_str(), m.value)
             });
         }
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            let what = if loss.is_finite() { "gradient norm" } else { "training loss" };
-            return Err(Stop::Diverged(format!(
-                "{what} became {} at step {step}; stats up to this step are kept",
-                if loss.is_nan() || grad_norm.is_nan() { "NaN" } else { "infinite" }
+        interval.unread.push((step, self.tokens, wall));
+        interval.add(t0.elapsed(), self.config.tokens_per_step());
+        Ok(())
+    }
+
+    /// Reads back what the steps issued since the last read measured, records a stats row for
+    /// each, and returns the last step's training loss; stops the run at the first step whose
+    /// loss or gradient norm is not finite.
+    fn read_steps(&mut self, interval: &mut Interval) -> Result<f64> {
+        let t0 = Instant::now();
+        let measured = self.model.take_step_stats().map_err(|e| self.plugin_error("take_step_stats", e))?;
+        interval.add(t0.elapsed(), 0);
+        self.train_time += interval.pending_time;
+        interval.pending_time = Duration::ZERO;
+        let issued = std::mem::take(&mut interval.unread);
+        if measured.len() != issued.len() {
+            return Err(Stop::Failed(format!(
+                "plugin {} measured {} steps, but {} were issued",
+                self.plugin_name,
+                measured.len(),
+                issued.len()
             ))
             .into());
         }
-        Ok((loss, step_time))
+        let rate = interval.rate();
+        let mut last = f64::NAN;
+        for (stats, (step, tokens, wall)) in measured.iter().zip(issued) {
+            let StepStats { batch, grad_norm, .. } = stats;
+            let (loss, accuracy) = mean(batch);
+            self.push(StatsRow {
+                loss: Some(loss),
+                accuracy: Some(accuracy),
+                lr: Some(self.lr(step)),
+                grad_norm: Some(*grad_norm),
+                tokens_per_s: Some(rate),
+                stage: self.stage_label(step),
+                ..StatsRow::at(step, tokens, wall, Split::Train)
+            });
+            if !loss.is_finite() || !grad_norm.is_finite() {
+                self.flush()?;
+                let what = if loss.is_finite() { "gradient norm" } else { "training loss" };
+                return Err(Stop::Diverged(format!(
+                    "{what} became {} at step {step}; stats up to this step are kept",
+                    if loss.is_nan() || grad_norm.is_nan() { "NaN" } else { "infinite" }
+                ))
+                .into());
+            }
+            last = loss;
+        }
+        Ok(last)
     }
 
     /// Loss and accuracy over the fixed validation windows.

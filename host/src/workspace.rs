@@ -10,6 +10,26 @@ use serde::Deserialize;
 
 use crate::plugin::PluginSource;
 
+/// The cargo features this lmhost was built with (`cuda`, `hub`).
+pub fn built_features() -> Vec<&'static str> {
+    [("cuda", cfg!(feature = "cuda")), ("hub", cfg!(feature = "hub"))]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// `cargo build --release --workspace` with the features of this lmhost, so that a plugin built
+/// from a crate folder can do what the host can (a CUDA host builds CUDA plugins).
+pub fn build_command() -> Vec<String> {
+    let mut args: Vec<String> = ["build", "--release", "--workspace"].map(String::from).to_vec();
+    let features: Vec<String> = built_features().iter().map(|f| format!("lmhost/{f}")).collect();
+    if !features.is_empty() {
+        args.extend(["--features".to_owned(), features.join(",")]);
+    }
+    args
+}
+
 /// The file name a plugin library has on this platform.
 pub fn library_file_name(crate_name: &str) -> String {
     let stem = crate_name.replace('-', "_");
@@ -97,14 +117,15 @@ pub fn build_crate_folder(folder: &Path) -> Result<PluginSource> {
         package.targets.iter().find(|t| t.crate_types.iter().any(|c| c == "cdylib")).with_context(|| {
             format!("{} does not build a plugin: add `crate-type = [\"cdylib\"]` under [lib]", package.name)
         })?;
-    eprintln!("building the workspace (cargo build --release --workspace)…");
+    let args = build_command();
+    eprintln!("building the workspace (cargo {})…", args.join(" "));
     let status = Command::new(cargo())
-        .args(["build", "--release", "--workspace"])
+        .args(&args)
         .current_dir(&meta.workspace_root)
         .status()
         .context("cannot run cargo build")?;
     if !status.success() {
-        bail!("cargo build --release --workspace failed (its errors are above); fix them and run again");
+        bail!("cargo {} failed (its errors are above); fix them and run again", args.join(" "));
     }
     install_plugins(&meta)?;
     Ok(PluginSource::Library {

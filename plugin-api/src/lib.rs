@@ -141,6 +141,27 @@ pub struct ParamCounts {
     pub prod: u64,
 }
 
+/// What one optimiser step measured, read back with others at a logging interval.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepStats {
+    /// 1-based number of the step.
+    pub step: u64,
+    /// The sums over the step's micro-batches.
+    pub batch: BatchStats,
+    /// Global L2 norm of the gradient before clipping.
+    pub grad_norm: f64,
+}
+
+/// What a plugin's copy of candle did since its process started: tensor ops issued (each a
+/// kernel on a GPU) and reads of values back to the host (each a synchronisation on a GPU).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub ops: u64,
+    pub host_reads: u64,
+}
+
 /// A named number a plugin wants recorded beside the loss (kurtosis, learned gains, ...).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
@@ -252,6 +273,31 @@ pub trait TrainableModel {
         let _ = weights;
         RErr(older_plugin("load_weights"))
     }
+
+    // Added in 0.1.2: a step that reads nothing back until the host asks.
+
+    /// [`forward_backward`](TrainableModel::forward_backward) without reading the loss back: the
+    /// micro-batch's sums are added to the step's on the device.
+    fn accumulate(&mut self, batch: TokenBatch<'_>, loss_scale: f64) -> RResult<(), PluginError> {
+        let _ = (batch, loss_scale);
+        RErr(older_plugin("accumulate"))
+    }
+
+    /// [`optimizer_step`](TrainableModel::optimizer_step) without reading the gradient norm back.
+    fn apply_step(&mut self, settings: StepSettings) -> RResult<(), PluginError> {
+        let _ = settings;
+        RErr(older_plugin("apply_step"))
+    }
+
+    /// What every step applied since the last call measured, read back at once.
+    fn take_step_stats(&mut self) -> RResult<RVec<StepStats>, PluginError> {
+        RErr(older_plugin("take_step_stats"))
+    }
+
+    /// The plugin's op and read-back counts (zeros from plugins built before 0.1.2).
+    fn counters(&self) -> Counters {
+        Counters::default()
+    }
 }
 
 fn older_plugin(call: &str) -> PluginError {
@@ -293,6 +339,11 @@ pub struct PluginMod {
 
     #[sabi(last_prefix_field)]
     pub create: extern "C" fn(spec: &RunSpec, config_json: RStr<'_>) -> RResult<ModelBox, PluginError>,
+
+    /// Added in 0.1.2: the cargo features the plugin was built with (`cuda`), so that the host
+    /// can refuse a device the plugin cannot use before anything trains.
+    #[sabi(missing_field(option))]
+    pub features: extern "C" fn() -> RVec<RString>,
 }
 
 impl RootModule for PluginModRef {

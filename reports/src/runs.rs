@@ -113,6 +113,13 @@ impl Run {
         }
     }
 
+    /// The arithmetic the run trained in (`f32`, `tf32`, `bf16-mixed`; runs from before the
+    /// `precision` key recorded a `dtype`).
+    pub fn precision(&self) -> String {
+        let recorded = self.config.get("precision").or_else(|| self.config.get("dtype"));
+        recorded.map(crate::compare::short).unwrap_or_else(|| "f32".into())
+    }
+
     /// Training tokens seen by the last logged row.
     pub fn tokens(&self) -> u64 {
         self.stats.rows.iter().map(|r| r.tokens).max().unwrap_or(0)

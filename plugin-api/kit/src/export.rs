@@ -13,9 +13,9 @@ use abi_stable::{
     std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec},
 };
 use plugin_api::{
-    BatchStats, ConfigField, ErrorKind, GenerateSettings, Metric, ModelBox, ParamCounts, PluginError,
-    PluginInfo, PluginMod, PluginModRef, StepReport, StepSettings, TokenBatch, TrainableModel,
-    TrainableModel_TO, VariantInfo,
+    BatchStats, ConfigField, Counters, ErrorKind, GenerateSettings, Metric, ModelBox, ParamCounts,
+    PluginError, PluginInfo, PluginMod, PluginModRef, StepReport, StepSettings, StepStats, TokenBatch,
+    TrainableModel, TrainableModel_TO, VariantInfo,
 };
 
 use crate::experiment::Experiment;
@@ -76,8 +76,18 @@ pub fn root_module<P: PluginCrate>() -> PluginModRef {
         info: info::<P>,
         resolve_config: resolve_config::<P::Experiment>,
         create: create::<P::Experiment>,
+        features,
     }
     .leak_into_prefix()
+}
+
+/// The cargo features this kit was built with, as the plugin reports them.
+pub fn built_features() -> Vec<&'static str> {
+    [("cuda", cfg!(feature = "cuda"))].into_iter().filter(|(_, on)| *on).map(|(name, _)| name).collect()
+}
+
+extern "C" fn features() -> RVec<RString> {
+    built_features().into_iter().map(RString::from).collect()
 }
 
 extern "C" fn info<P: PluginCrate>() -> PluginInfo {
@@ -124,7 +134,7 @@ extern "C" fn create<E: Experiment>(
     config_json: RStr<'_>,
 ) -> RResult<ModelBox, PluginError> {
     guard(|| {
-        let trainer = Trainer::<E>::new(&RunSpec::from(spec), config_json.as_str())?;
+        let trainer = Trainer::<E>::new(&RunSpec::from_abi(spec)?, config_json.as_str())?;
         Ok(TrainableModel_TO::from_value(PluginModel(trainer), TD_Opaque))
     })
 }
@@ -205,6 +215,28 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
 
     fn load_weights(&mut self, weights: RSlice<'_, u8>) -> RResult<(), PluginError> {
         guard(|| self.0.load_weights(weights.as_slice()))
+    }
+
+    fn accumulate(&mut self, batch: TokenBatch<'_>, loss_scale: f64) -> RResult<(), PluginError> {
+        guard(|| {
+            let (rows, cols) = (batch.rows as usize, batch.cols as usize);
+            self.0.accumulate(batch.ids.as_slice(), rows, cols, loss_scale)
+        })
+    }
+
+    fn apply_step(&mut self, settings: StepSettings) -> RResult<(), PluginError> {
+        guard(|| self.0.apply_step(settings.lr))
+    }
+
+    fn take_step_stats(&mut self) -> RResult<RVec<StepStats>, PluginError> {
+        guard(|| Ok(self.0.take_step_stats()?.into()))
+    }
+
+    fn counters(&self) -> Counters {
+        Counters {
+            ops: candle_core::lmhost::counters::ops(),
+            host_reads: candle_core::lmhost::counters::host_reads(),
+        }
     }
 
     fn extra_metrics(&mut self) -> RResult<RVec<Metric>, PluginError> {

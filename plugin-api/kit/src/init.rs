@@ -7,46 +7,112 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use candle_core::lmhost::Arena;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-/// One trainable tensor and how the optimiser treats it.
+/// One trainable tensor: its f32 master value, and the tensor the model computes with.
 #[derive(Clone, Debug)]
 pub struct Param {
     /// Dotted name, e.g. `transformer.h.0.attn.c_attn.weight`.
     pub name: String,
+    /// The f32 master weights, a view of the store's master buffer: what the optimiser updates
+    /// and checkpoints hold.
     pub var: Var,
+    /// What the model reads and the backward pass differentiates: the master itself in f32, or
+    /// its bf16 copy under mixed precision (refreshed after every update).
+    pub compute: Tensor,
+    /// Where the parameter starts in the store's buffers.
+    pub offset: usize,
 }
 
-/// Every parameter of a model, in creation order.
+impl Param {
+    pub fn elem_count(&self) -> usize {
+        self.var.elem_count()
+    }
+}
+
+/// Every parameter of a model, in creation order, as views of one f32 master buffer (and, under
+/// mixed precision, of one bf16 compute buffer): so an optimiser can update all of them, and the
+/// compute copy be refreshed, with a few ops over whole buffers instead of a dozen per parameter.
 #[derive(Clone)]
 pub struct ParamStore {
-    inner: Arc<Mutex<Vec<Param>>>,
+    inner: Arc<Mutex<Buffers>>,
     seed: u64,
+}
+
+struct Buffers {
+    params: Vec<Param>,
+    masters: Option<Arena>,
+    /// The bf16 copy the model computes with, under mixed precision.
+    compute: Option<Arena>,
 }
 
 impl ParamStore {
     pub fn new(seed: u64) -> Self {
-        Self { inner: Arc::new(Mutex::new(Vec::new())), seed }
+        Self {
+            inner: Arc::new(Mutex::new(Buffers { params: Vec::new(), masters: None, compute: None })),
+            seed,
+        }
     }
 
     /// A `VarBuilder` whose every `get` creates (or returns, for a repeated name) a seeded
-    /// parameter in this store.
+    /// parameter in this store. `dtype` is what the model computes in: f32, or bf16 for mixed
+    /// precision (the masters stay f32 either way).
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
-    pub fn params(&self) -> Vec<Param> {
-        self.inner.lock().expect("param store lock").clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffers> {
+        self.inner.lock().expect("param store lock")
     }
 
-    /// Name to current value, e.g. to save weights.
+    pub fn params(&self) -> Vec<Param> {
+        self.lock().params.clone()
+    }
+
+    /// Name to current master value, e.g. to save weights.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.params().into_iter().map(|p| (p.name, p.var.as_tensor().clone())).collect()
     }
 
     pub fn count(&self) -> u64 {
-        self.params().iter().map(|p| p.var.elem_count() as u64).sum()
+        self.params().iter().map(|p| p.elem_count() as u64).sum()
+    }
+
+    /// Every master weight as one f32 variable `(count,)`, in creation order (`None` before the
+    /// first parameter).
+    pub fn masters(&self) -> Option<Var> {
+        self.lock()
+            .masters
+            .as_ref()
+            .map(|a| Var::from_tensor(&a.whole()).expect("an arena view is a variable"))
+    }
+
+    /// Whether the model computes with a bf16 copy of the masters.
+    pub fn mixed_precision(&self) -> bool {
+        self.lock().compute.is_some()
+    }
+
+    /// Copies the masters into the compute buffer (mixed precision; a no-op otherwise): after
+    /// every change to the masters. Two ops, whatever the number of parameters.
+    pub fn sync_compute(&self) -> Result<()> {
+        let buffers = self.lock();
+        if let (Some(masters), Some(compute)) = (&buffers.masters, &buffers.compute) {
+            let compute = Var::from_tensor(&compute.whole())?;
+            compute.set(&masters.whole().to_dtype(compute.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the spare capacity the buffers grew while the model was built.
+    pub fn finish(&self) -> Result<()> {
+        let mut buffers = self.lock();
+        let Buffers { masters, compute, .. } = &mut *buffers;
+        for arena in [masters, compute].into_iter().flatten() {
+            arena.shrink_to_fit()?;
+        }
+        Ok(())
     }
 
     /// Overwrites every parameter from `values`; each must be present with the same shape.
@@ -63,27 +129,39 @@ impl ParamStore {
                     p.var.dims()
                 );
             }
-            p.var.set(&v.to_dtype(p.var.dtype())?)?;
+            p.var.set(&v.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
         }
-        Ok(())
+        self.sync_compute()
     }
 
     fn create(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut params = self.inner.lock().expect("param store lock");
-        if let Some(p) = params.iter().find(|p| p.name == name) {
+        let mut buffers = self.lock();
+        if let Some(p) = buffers.params.iter().find(|p| p.name == name) {
             if p.var.shape() != &shape {
                 candle_core::bail!(
                     "parameter `{name}` requested with shape {shape:?}, already {:?}",
                     p.var.dims()
                 );
             }
-            return Ok(p.var.as_tensor().clone());
+            return Ok(p.compute.clone());
         }
-        let values = draw(&shape, &init, param_seed(self.seed, name))?;
-        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
-        let var = Var::from_tensor(&tensor)?;
-        params.push(Param { name: name.to_owned(), var: var.clone() });
-        Ok(var.as_tensor().clone())
+        let values =
+            Tensor::from_vec(draw(&shape, &init, param_seed(self.seed, name))?, shape, &Device::Cpu)?;
+        if buffers.masters.is_none() {
+            buffers.masters = Some(Arena::new(DType::F32, dev)?);
+            if dtype != DType::F32 {
+                buffers.compute = Some(Arena::new(dtype, dev)?);
+            }
+        }
+        let masters = buffers.masters.as_mut().expect("created above");
+        let offset = masters.len();
+        let var = Var::from_tensor(&masters.push(&values)?)?;
+        let compute = match buffers.compute.as_mut() {
+            Some(arena) => arena.push(&values)?,
+            None => var.as_tensor().clone(),
+        };
+        buffers.params.push(Param { name: name.to_owned(), var, compute: compute.clone(), offset });
+        Ok(compute)
     }
 }
 
@@ -97,7 +175,7 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.lock().expect("param store lock").iter().any(|p| p.name == name)
+        self.lock().params.iter().any(|p| p.name == name)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nn;
 pub mod optim;
 pub mod parts;
+pub mod precision;
 pub mod shards;
 pub mod testing;
 pub mod trainer;

@@ -2,12 +2,19 @@
 //! of PyTorch's `torch.optim` (so results transfer), weight-decay exclusion by parameter name and
 //! global-norm gradient clipping. candle-nn's own optimisers keep their state private and offer
 //! neither Adagrad nor clipping.
+//!
+//! The parameters are views of one master buffer ([`ParamStore`]) and each state slot is one
+//! buffer of the same layout, so a step is a fixed number of ops over whole buffers, whatever
+//! the number of parameters: the gradients gathered into one, the clip factor and the update
+//! computed on the device, the per-parameter settings (weight decay on or off, a learning-rate
+//! scale) gathered from a table of a few groups. Nothing is read back to the host. On the CPU,
+//! AdamW runs as one fused pass per parameter over slices of the same buffers instead.
 
 use std::collections::HashMap;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::init::Param;
+use crate::init::{Param, ParamStore};
 
 crate::knob_enum! {
     /// The update rule.
@@ -71,32 +78,58 @@ impl Default for ParamOptions {
     }
 }
 
+/// The settings one parameter is updated with: a distinct pair is one group of the update's table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Group {
+    decay: bool,
+    lr_scale: f64,
+}
+
 /// The optimiser of one model: its parameters, their state slots, and how many steps it took.
 pub struct Optimizer {
     config: OptimConfig,
     params: Vec<Param>,
-    decay: Vec<bool>,
-    lr_scale: Vec<f64>,
-    /// `state[i][s]`: slot `s` of parameter `i`.
-    state: Vec<Vec<Tensor>>,
+    /// Every master weight as one variable (the store's buffer).
+    masters: Var,
+    groups: Vec<Group>,
+    /// `groups[group_of[i]]` holds parameter `i`'s settings.
+    group_of: Vec<usize>,
+    /// Each element's group, on the device: built at the first flat step with several groups.
+    element_groups: Option<Tensor>,
+    /// `state[s]`: slot `s` of every parameter, in the masters' layout.
+    state: Vec<Var>,
     steps: u64,
 }
 
 impl Optimizer {
-    /// `options[i]` belongs to parameter `i`.
-    pub fn new(config: &OptimConfig, params: Vec<Param>, options: Vec<ParamOptions>) -> Result<Self> {
-        let slots = config.slots().len();
-        let state =
-            params.iter().map(|p| (0..slots).map(|_| p.var.zeros_like()).collect()).collect::<Result<_>>()?;
+    /// `options[i]` belongs to the store's parameter `i`.
+    pub fn new(config: &OptimConfig, store: &ParamStore, options: Vec<ParamOptions>) -> Result<Self> {
+        let params = store.params();
+        let masters =
+            store.masters().ok_or_else(|| candle_core::Error::Msg("the model has no parameters".into()))?;
+        let mut groups: Vec<Group> = Vec::new();
+        let group_of = params
+            .iter()
+            .zip(&options)
+            .map(|(p, o)| {
+                let g =
+                    Group { decay: o.weight_decay.unwrap_or(config.decays(&p.name)), lr_scale: o.lr_scale };
+                groups.iter().position(|x| *x == g).unwrap_or_else(|| {
+                    groups.push(g);
+                    groups.len() - 1
+                })
+            })
+            .collect();
+        let state = (0..config.slots().len())
+            .map(|_| Var::from_tensor(&masters.zeros_like()?))
+            .collect::<Result<_>>()?;
         Ok(Self {
-            decay: params
-                .iter()
-                .zip(&options)
-                .map(|(p, o)| o.weight_decay.unwrap_or(config.decays(&p.name)))
-                .collect(),
-            lr_scale: options.iter().map(|o| o.lr_scale).collect(),
             config: config.clone(),
             params,
+            masters,
+            groups,
+            group_of,
+            element_groups: None,
             state,
             steps: 0,
         })
@@ -106,116 +139,247 @@ impl Optimizer {
         self.steps
     }
 
-    /// Applies one update; `grads[i]` belongs to parameter `i` (`None`: left unchanged).
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
-        self.step_with(grads, lr, 1.0, true)
+    pub fn kind(&self) -> OptimizerKind {
+        self.config.optimizer
     }
 
-    /// [`step`](Self::step) with every gradient multiplied by `grad_scale` first (clipping),
-    /// without a scaled copy of the gradients.
-    pub fn step_scaled(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
-        self.step_with(grads, lr, grad_scale, true)
+    /// Whether gradients should be handed over gathered ([`gather`](Self::gather), summed
+    /// across micro-batches, then [`step_gathered`](Self::step_gathered)): everywhere but the
+    /// CPU's fused AdamW, which reads each parameter's own gradient.
+    pub fn takes_gathered_gradients(&self, compute_dtype: DType) -> bool {
+        !(self.config.optimizer == OptimizerKind::AdamW
+            && compute_dtype == DType::F32
+            && fused::applies(&[self.masters.as_tensor()]))
     }
 
-    /// `allow_fused: false` takes the tensor-op path every device has (tests compare the two).
-    fn step_with(
-        &mut self,
-        grads: &[Option<Tensor>],
-        lr: f64,
-        grad_scale: f64,
-        allow_fused: bool,
-    ) -> Result<()> {
+    /// Every parameter's gradient in one f32 buffer of the masters' layout (zeros where a
+    /// parameter has none).
+    pub fn gather(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
+        if grads.len() != self.params.len() {
+            candle_core::bail!("{} gradients for {} parameters", grads.len(), self.params.len());
+        }
+        let device = self.masters.device();
+        // Gathered in the gradients' own dtype, then cast once.
+        let dtype = grads.iter().flatten().next().map_or(DType::F32, Tensor::dtype);
+        let parts = self
+            .params
+            .iter()
+            .zip(grads)
+            .map(|(p, g)| match g {
+                Some(g) => g.flatten_all(),
+                None => Tensor::zeros(p.elem_count(), dtype, device),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)?.to_dtype(DType::F32)
+    }
+
+    /// Clips the gradients to `grad_clip` and applies one update; `grads[i]` belongs to parameter
+    /// `i` (`None`: that parameter is left unchanged, its state too). Returns the global norm
+    /// before clipping as a scalar tensor on the device, unread.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<Tensor> {
+        self.step_with(grads, lr, true)
+    }
+
+    /// `allow_fused: false` takes the flat tensor-op path every device has (tests compare the two).
+    fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64, allow_fused: bool) -> Result<Tensor> {
+        let fused = allow_fused && self.config.optimizer == OptimizerKind::AdamW && {
+            let mut all: Vec<&Tensor> = vec![self.masters.as_tensor()];
+            all.extend(self.state.iter().map(|s| s.as_tensor()));
+            all.extend(grads.iter().flatten());
+            fused::applies(&all)
+        };
+        if !fused {
+            let present: Vec<bool> = grads.iter().map(Option::is_some).collect();
+            return self.step_gathered(&self.gather(grads)?, &present, lr);
+        }
+        if grads.len() != self.params.len() {
+            candle_core::bail!("{} gradients for {} parameters", grads.len(), self.params.len());
+        }
         self.steps += 1;
+        let norm = grad_norm(grads)?;
+        self.adamw_fused(grads, lr, clip_factor(norm, self.config.grad_clip) as f32)?;
+        Tensor::new(norm, &Device::Cpu)
+    }
+
+    /// The settings of each group at this step, as `f(group)`, one value per element of the
+    /// buffers (gathered on the device from a table of one value per group).
+    fn per_element(&mut self, f: impl Fn(&Group) -> f64) -> Result<Tensor> {
+        let device = self.masters.device().clone();
+        let table: Vec<f32> = self.groups.iter().map(|g| f(g) as f32).collect();
+        let table = Tensor::new(table.as_slice(), &device)?;
+        if self.groups.len() == 1 {
+            return table.broadcast_as(self.masters.shape());
+        }
+        if self.element_groups.is_none() {
+            let index: Vec<u32> = self
+                .params
+                .iter()
+                .zip(&self.group_of)
+                .flat_map(|(p, &g)| std::iter::repeat_n(g as u32, p.elem_count()))
+                .collect();
+            self.element_groups = Some(Tensor::new(index.as_slice(), &device)?);
+        }
+        table.index_select(self.element_groups.as_ref().expect("built above"), 0)
+    }
+
+    /// One update as a fixed number of ops over whole buffers (any device): the gathered
+    /// gradient `g` clipped by a factor computed on the device, the rule applied with each
+    /// group's settings. `present[i]`: parameter `i` had a gradient (the others keep their values
+    /// and state, as torch skips them).
+    pub fn step_gathered(&mut self, g: &Tensor, present: &[bool], lr: f64) -> Result<Tensor> {
+        if g.dims1()? != self.masters.elem_count() || present.len() != self.params.len() {
+            candle_core::bail!(
+                "a gathered gradient of {:?} for {} elements",
+                g.dims(),
+                self.masters.elem_count()
+            );
+        }
+        self.steps += 1;
+        let c = self.config.clone();
+        let device = self.masters.device().clone();
+        let theta = self.masters.as_tensor().clone();
+        let missing = present.iter().any(|p| !p);
+        let (norm, g) = if fused::applies(&[g]) {
+            // On the CPU the norm is summed in f64, parameter by parameter, as it always was.
+            let norm = self
+                .params
+                .iter()
+                .map(|p| fused::sum_of_squares(&g.narrow(0, p.offset, p.elem_count())?))
+                .sum::<Result<f64>>()?
+                .sqrt();
+            let factor = clip_factor(norm, c.grad_clip);
+            (Tensor::new(norm, &device)?, if factor == 1.0 { g.clone() } else { (g * factor)? })
+        } else {
+            let norm = g.sqr()?.sum_all()?.sqrt()?;
+            let g = if c.grad_clip > 0.0 {
+                // torch.nn.utils.clip_grad_norm_: g · max_norm / (norm + 1e−6) when norm > max_norm.
+                let scaled = ((&norm + 1e-6)?.recip()? * c.grad_clip)?;
+                let factor = norm.gt(c.grad_clip)?.where_cond(&scaled, &Tensor::new(1f32, &device)?)?;
+                g.broadcast_mul(&factor)?
+            } else {
+                g.clone()
+            };
+            (norm, g)
+        };
+        let t = self.steps as i32;
+        let weight_decay = c.weight_decay;
+        let lr_of = |group: &Group| lr * group.lr_scale;
+        let wd_of = move |group: &Group| if group.decay { weight_decay } else { 0.0 };
+        let mut slots: Vec<Tensor> = self.state.iter().map(|s| s.as_tensor().clone()).collect();
+        let new = match c.optimizer {
+            // Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2.
+            OptimizerKind::AdamW => {
+                let keep = self.per_element(|g| 1.0 - lr_of(g) * wd_of(g))?;
+                let step_size = self.per_element(|g| lr_of(g) / (1.0 - c.beta1.powi(t)))?;
+                let m = ((&slots[0] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                let v = ((&slots[1] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let denom = ((v.sqrt()? / (1.0 - c.beta2.powi(t)).sqrt())? + c.eps)?;
+                let new = ((&theta * keep)? - (m.div(&denom)? * step_size)?)?;
+                slots = vec![m, v];
+                new
+            }
+            // Duchi et al. 2011, as torch.optim.Adagrad (lr_decay 0, initial sum 0).
+            OptimizerKind::Adagrad => {
+                let (lr, wd) = (self.per_element(lr_of)?, self.per_element(wd_of)?);
+                let g = (&g + (&theta * wd)?)?;
+                let sum = (&slots[0] + g.sqr()?)?;
+                let new = (&theta - ((g / (sum.sqrt()? + c.eps)?)? * lr)?)?;
+                slots = vec![sum];
+                new
+            }
+            OptimizerKind::Sgd => {
+                let (lr, wd) = (self.per_element(lr_of)?, self.per_element(wd_of)?);
+                let mut g = (&g + (&theta * wd)?)?;
+                if c.momentum != 0.0 {
+                    let buf = ((&slots[0] * c.momentum)? + &g)?;
+                    slots = vec![buf.clone()];
+                    g = buf;
+                }
+                (&theta - (g * lr)?)?
+            }
+        };
+        let keep_old = |new: Tensor, old: &Tensor| -> Result<Tensor> {
+            if !missing {
+                return Ok(new);
+            }
+            // Parameters without a gradient keep their values and their state (as torch skips them).
+            let has: Vec<u8> = self
+                .params
+                .iter()
+                .zip(present)
+                .flat_map(|(p, &has)| std::iter::repeat_n(u8::from(has), p.elem_count()))
+                .collect();
+            Tensor::new(has.as_slice(), &device)?.where_cond(&new, old)
+        };
+        let new = keep_old(new, &theta)?;
+        let slots = slots
+            .into_iter()
+            .zip(&self.state)
+            .map(|(s, old)| keep_old(s, old.as_tensor()))
+            .collect::<Result<Vec<_>>>()?;
+        self.masters.set(&new)?;
+        for (var, value) in self.state.iter().zip(&slots) {
+            var.set(value)?;
+        }
+        Ok(norm)
+    }
+
+    /// AdamW on the CPU: one fused pass per parameter over its slices of θ, m and v.
+    fn adamw_fused(&self, grads: &[Option<Tensor>], lr: f64, grad_scale: f32) -> Result<()> {
         let c = &self.config;
         let t = self.steps as i32;
-        for (i, grad) in grads.iter().enumerate() {
-            let Some(g) = grad else { continue };
-            let theta = self.params[i].var.as_tensor();
-            let wd = if self.decay[i] { c.weight_decay } else { 0.0 };
-            let lr = lr * self.lr_scale[i];
-            let slots = &mut self.state[i];
-            if allow_fused
-                && c.optimizer == OptimizerKind::AdamW
-                && fused::applies(&[theta, g, &slots[0], &slots[1]])
-            {
-                fused::adamw(theta, g, grad_scale as f32, &slots[0], &slots[1], c, lr, wd, t)?;
-                continue;
-            }
-            let scaled;
-            let g = if grad_scale == 1.0 {
-                g
-            } else {
-                scaled = (g * grad_scale)?;
-                &scaled
-            };
-            let updated = match c.optimizer {
-                // Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2.
-                OptimizerKind::AdamW => {
-                    let m = ((&slots[0] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-                    let v = ((&slots[1] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let step_size = lr / (1.0 - c.beta1.powi(t));
-                    let denom = ((v.sqrt()? / (1.0 - c.beta2.powi(t)).sqrt())? + c.eps)?;
-                    let decayed = (theta * (1.0 - lr * wd))?;
-                    let new = (decayed - (m.div(&denom)? * step_size)?)?;
-                    slots[0] = m;
-                    slots[1] = v;
-                    new
-                }
-                // Duchi et al. 2011, as torch.optim.Adagrad (lr_decay 0, initial sum 0).
-                OptimizerKind::Adagrad => {
-                    let g = with_l2(g, theta, wd)?;
-                    let sum = (&slots[0] + g.sqr()?)?;
-                    let new = (theta - ((g / (sum.sqrt()? + c.eps)?)? * lr)?)?;
-                    slots[0] = sum;
-                    new
-                }
-                OptimizerKind::Sgd => {
-                    let mut g = with_l2(g, theta, wd)?;
-                    if c.momentum != 0.0 {
-                        let buf = ((&slots[0] * c.momentum)? + &g)?;
-                        slots[0] = buf.clone();
-                        g = buf;
-                    }
-                    (theta - (g * lr)?)?
-                }
-            };
-            self.params[i].var.set(&updated)?;
-        }
-        Ok(())
+        let (m, v) = (self.state[0].as_tensor(), self.state[1].as_tensor());
+        let work: Vec<(usize, usize, &Tensor, fused::Step)> = self
+            .params
+            .iter()
+            .zip(grads)
+            .zip(&self.group_of)
+            .filter_map(|((p, g), &group)| {
+                let group = self.groups[group];
+                let lr = lr * group.lr_scale;
+                let wd = if group.decay { c.weight_decay } else { 0.0 };
+                g.as_ref()
+                    .map(|g| (p.offset, p.elem_count(), g, fused::Step::adamw(c, lr, wd, t, grad_scale)))
+            })
+            .collect();
+        fused::adamw(self.masters.as_tensor(), m, v, &work)
     }
 
     /// Every state tensor, named `optim.<param>.<slot>`.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let slots = self.config.slots();
-        self.params
-            .iter()
-            .zip(&self.state)
-            .flat_map(|(p, s)| {
-                s.iter().zip(slots).map(move |(t, slot)| (format!("optim.{}.{slot}", p.name), t.clone()))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for p in &self.params {
+            for (slot, buffer) in slots.iter().zip(&self.state) {
+                let view = buffer.as_tensor().narrow(0, p.offset, p.elem_count())?.reshape(p.var.shape())?;
+                out.push((format!("optim.{}.{slot}", p.name), view));
+            }
+        }
+        Ok(out)
     }
 
     /// Restores what [`state`](Self::state) gave and the number of steps taken.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
         let slots = self.config.slots();
-        for (p, s) in self.params.iter().zip(self.state.iter_mut()) {
-            for (t, slot) in s.iter_mut().zip(slots) {
+        for (slot, buffer) in slots.iter().zip(&self.state) {
+            let mut parts = Vec::with_capacity(self.params.len());
+            for p in &self.params {
                 let name = format!("optim.{}.{slot}", p.name);
                 let v = tensors.get(&name).ok_or_else(|| {
                     candle_core::Error::Msg(format!(
                         "missing optimiser state `{name}` (was the checkpoint written with another optimizer?)"
                     ))
                 })?;
-                if v.shape() != t.shape() {
+                if v.shape() != p.var.shape() {
                     candle_core::bail!(
                         "optimiser state `{name}` has shape {:?}, expected {:?}",
                         v.dims(),
-                        t.dims()
+                        p.var.dims()
                     );
                 }
-                *t = v.to_dtype(t.dtype())?.to_device(t.device())?;
+                parts.push(v.flatten_all()?.to_dtype(DType::F32)?);
             }
+            buffer.set(&Tensor::cat(&parts, 0)?.to_device(buffer.device())?)?;
         }
         self.steps = steps;
         Ok(())
@@ -223,7 +387,7 @@ impl Optimizer {
 }
 
 /// AdamW on the CPU in one pass and no allocation, instead of a dozen tensor ops with a fresh
-/// buffer each: the same arithmetic as the generic path above, each of θ, m, v and g read once.
+/// buffer each: the same arithmetic as the flat path above, each of θ, m, v and g read once.
 mod fused {
     use std::cell::Cell;
 
@@ -241,9 +405,9 @@ mod fused {
             && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
     }
 
-    /// One AdamW step's constants (Loshchilov & Hutter, Algorithm 2).
+    /// One parameter's AdamW constants at one step (Loshchilov & Hutter, Algorithm 2).
     #[derive(Clone, Copy)]
-    struct Step {
+    pub struct Step {
         beta1: f32,
         beta2: f32,
         /// Clipping's factor, applied to g first.
@@ -255,6 +419,20 @@ mod fused {
         /// 1 / √(1 − β2ᵗ).
         inv_sqrt_bias2: f32,
         eps: f32,
+    }
+
+    impl Step {
+        pub fn adamw(c: &OptimConfig, lr: f64, wd: f64, t: i32, grad_scale: f32) -> Self {
+            Self {
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                grad_scale,
+                keep: (1.0 - lr * wd) as f32,
+                step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+                inv_sqrt_bias2: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
+                eps: c.eps as f32,
+            }
+        }
     }
 
     simd_fn! {
@@ -269,41 +447,40 @@ mod fused {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Updates the parameters at (offset, length) of the buffers θ, m and v with their gradients.
     pub fn adamw(
         theta: &Tensor,
-        g: &Tensor,
-        grad_scale: f32,
         m: &Tensor,
         v: &Tensor,
-        c: &OptimConfig,
-        lr: f64,
-        wd: f64,
-        t: i32,
+        work: &[(usize, usize, &Tensor, Step)],
     ) -> Result<()> {
-        let step = Step {
-            beta1: c.beta1 as f32,
-            beta2: c.beta2 as f32,
-            grad_scale,
-            keep: (1.0 - lr * wd) as f32,
-            step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
-            inv_sqrt_bias2: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
-            eps: c.eps as f32,
-        };
-        let (storage, layout) = g.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("adamw: not a CPU tensor") };
-        let g = f32s(cpu, layout, "adamw")?;
+        let grads = work.iter().map(|(_, _, g, _)| g.storage_and_layout()).collect::<Vec<_>>();
+        let grads = grads
+            .iter()
+            .map(|(storage, layout)| match &**storage {
+                candle_core::Storage::Cpu(cpu) => f32s(cpu, layout, "adamw"),
+                _ => candle_core::bail!("adamw: not a CPU tensor"),
+            })
+            .collect::<Result<Vec<&[f32]>>>()?;
         with_mut(m, |m| {
             with_mut(v, |v| {
                 with_mut(theta, |theta| {
-                    if m.len() != g.len() || v.len() != g.len() || theta.len() != g.len() {
-                        candle_core::bail!("adamw: parameter, gradient and state sizes differ");
+                    for (&(offset, len, _, step), g) in work.iter().zip(&grads) {
+                        let range = offset..offset + len;
+                        if g.len() != len
+                            || range.end > theta.len()
+                            || theta.len() != m.len()
+                            || m.len() != v.len()
+                        {
+                            candle_core::bail!("adamw: parameter, gradient and state sizes differ");
+                        }
+                        let (theta, m, v) = (&mut theta[range.clone()], &mut m[range.clone()], &mut v[range]);
+                        theta
+                            .par_chunks_mut(CHUNK)
+                            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                            .zip(g.par_chunks(CHUNK))
+                            .for_each(|((theta, (m, v)), g)| adamw_chunk(theta, m, v, g, step));
                     }
-                    theta
-                        .par_chunks_mut(CHUNK)
-                        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-                        .zip(g.par_chunks(CHUNK))
-                        .for_each(|((theta, (m, v)), g)| adamw_chunk(theta, m, v, g, step));
                     Ok(())
                 })
             })
@@ -355,43 +532,18 @@ mod fused {
     }
 }
 
-fn with_l2(g: &Tensor, theta: &Tensor, wd: f64) -> Result<Tensor> {
-    if wd == 0.0 {
-        Ok(g.clone())
-    } else {
-        g + (theta * wd)?
-    }
-}
-
-/// Global L2 norm of the gradients, before clipping; scales them down to `max_norm` when it is
-/// exceeded (`max_norm` 0: no clipping), as `torch.nn.utils.clip_grad_norm_`.
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let norm = grad_norm(grads)?;
-    let factor = clip_factor(norm, max_norm);
-    if factor != 1.0 {
-        for g in grads.iter_mut().flatten() {
-            *g = (&*g * factor)?;
-        }
-    }
-    Ok(norm)
-}
-
-/// Global L2 norm of the gradients (summed in f64, without a squared copy on the CPU).
-pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+/// Global L2 norm of CPU f32 gradients, summed in f64 per gradient without a squared copy.
+fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.iter().flatten() {
-        total += if fused::applies(&[g]) {
-            fused::sum_of_squares(g)?
-        } else {
-            g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?
-        };
+        total += fused::sum_of_squares(g)?;
     }
     Ok(total.sqrt())
 }
 
 /// What clipping multiplies the gradients by: `max_norm / (norm + 1e−6)` when the norm exceeds
 /// `max_norm`, else 1 (`max_norm` 0: never clips), as `torch.nn.utils.clip_grad_norm_`.
-pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
         max_norm / (norm + 1e-6)
     } else {
@@ -401,34 +553,47 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    //! Each rule against a scalar reference written from the papers' / PyTorch's formulas, in f64.
+    //! Each rule against a scalar reference written from the papers' / PyTorch's formulas, in f64,
+    //! and the flat optimiser against the per-parameter one it replaced, bit for bit.
     use super::*;
-    use crate::init::ParamStore;
-    use candle_core::{DType, Device};
     use candle_nn::Init;
 
     const THETA0: [f64; 3] = [0.5, -1.0, 2.0];
     const GRADS: [[f64; 3]; 3] = [[0.1, -0.2, 0.3], [0.05, 0.4, -0.1], [-0.3, 0.2, 0.0]];
 
+    /// A store holding one parameter per (name, values).
+    fn store(params: &[(&str, &[f32])]) -> ParamStore {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        for (name, values) in params {
+            vb.get_with_hints(values.len(), name, Init::Const(0.0)).unwrap();
+        }
+        for (p, (_, values)) in store.params().iter().zip(params) {
+            p.var.set(&Tensor::new(*values, &Device::Cpu).unwrap()).unwrap();
+        }
+        store
+    }
+
+    fn values(store: &ParamStore) -> Vec<Vec<f32>> {
+        store.params().iter().map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect()
+    }
+
     fn run(config: &OptimConfig, name: &str, lr: f64) -> Vec<f64> {
         let fused = run_with(config, name, lr, true);
-        let generic = run_with(config, name, lr, false);
-        close(&fused, &generic);
+        let flat = run_with(config, name, lr, false);
+        close(&fused, &flat);
         fused
     }
 
     fn run_with(config: &OptimConfig, name: &str, lr: f64, allow_fused: bool) -> Vec<f64> {
-        let store = ParamStore::new(0);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
-        vb.get_with_hints(3, name, Init::Const(0.0)).unwrap();
-        let p = store.params();
-        p[0].var.set(&Tensor::new(&THETA0.map(|x| x as f32), &Device::Cpu).unwrap()).unwrap();
-        let mut opt = Optimizer::new(config, p.clone(), vec![ParamOptions::default()]).unwrap();
+        let theta0 = THETA0.map(|x| x as f32);
+        let store = store(&[(name, &theta0)]);
+        let mut opt = Optimizer::new(config, &store, vec![ParamOptions::default()]).unwrap();
         for g in GRADS {
             let g = Tensor::new(&g.map(|x| x as f32), &Device::Cpu).unwrap();
-            opt.step_with(&[Some(g)], lr, 1.0, allow_fused).unwrap();
+            opt.step_with(&[Some(g)], lr, allow_fused).unwrap();
         }
-        p[0].var.as_tensor().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+        values(&store)[0].iter().map(|&x| f64::from(x)).collect()
     }
 
     fn close(a: &[f64], b: &[f64]) {
@@ -439,7 +604,7 @@ mod tests {
 
     #[test]
     fn adamw_matches_reference() {
-        let cfg = OptimConfig::default();
+        let cfg = OptimConfig { grad_clip: 0.0, ..OptimConfig::default() };
         let (lr, wd) = (0.01, cfg.weight_decay);
         let mut theta = THETA0;
         let (mut m, mut v) = ([0.0; 3], [0.0; 3]);
@@ -466,6 +631,7 @@ mod tests {
             optimizer: OptimizerKind::Adagrad,
             weight_decay: 0.0,
             eps: 1e-10,
+            grad_clip: 0.0,
             ..OptimConfig::default()
         };
         let lr = 0.1;
@@ -487,6 +653,7 @@ mod tests {
             optimizer: OptimizerKind::Sgd,
             momentum: 0.9,
             weight_decay: 0.01,
+            grad_clip: 0.0,
             ..OptimConfig::default()
         };
         let lr = 0.1;
@@ -504,22 +671,22 @@ mod tests {
 
     #[test]
     fn per_parameter_options_scale_the_rate_and_override_decay() {
-        let cfg = OptimConfig { optimizer: OptimizerKind::Sgd, weight_decay: 0.5, ..OptimConfig::default() };
-        let store = ParamStore::new(0);
-        let vb = store.var_builder(DType::F32, &Device::Cpu);
-        for name in ["w", "half", "h.bias"] {
-            vb.get_with_hints(1, name, Init::Const(1.0)).unwrap();
-        }
+        let cfg = OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.5,
+            grad_clip: 0.0,
+            ..OptimConfig::default()
+        };
+        let store = store(&[("w", &[1.0]), ("half", &[1.0]), ("h.bias", &[1.0])]);
         let options = vec![
             ParamOptions::default(),
             ParamOptions { lr_scale: 0.5, weight_decay: Some(false) },
             ParamOptions { lr_scale: 1.0, weight_decay: Some(true) },
         ];
-        let mut opt = Optimizer::new(&cfg, store.params(), options).unwrap();
+        let mut opt = Optimizer::new(&cfg, &store, options).unwrap();
         let g = || Some(Tensor::new(&[1f32], &Device::Cpu).unwrap());
         opt.step(&[g(), g(), g()], 0.1).unwrap();
-        let v: Vec<f32> =
-            store.params().iter().map(|p| p.var.as_tensor().to_vec1::<f32>().unwrap()[0]).collect();
+        let v: Vec<f32> = values(&store).iter().map(|v| v[0]).collect();
         // θ − lr·(g + wd·θ): decayed 1 − 0.1·1.5; half rate, no decay 1 − 0.05·1; bias forced to decay.
         assert!(
             (v[0] - 0.85).abs() < 1e-6 && (v[1] - 0.95).abs() < 1e-6 && (v[2] - 0.85).abs() < 1e-6,
@@ -529,63 +696,202 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm_and_reports_the_norm_before() {
+        // SGD at lr 1: the change of θ is the clipped gradient.
+        let cfg = OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            ..OptimConfig::default()
+        };
+        for allow_fused in [true, false] {
+            let store = store(&[("a", &[0.0, 0.0]), ("b", &[0.0])]);
+            let mut opt = Optimizer::new(&cfg, &store, vec![ParamOptions::default(); 2]).unwrap();
+            let g = |v: &[f32]| Some(Tensor::new(v, &Device::Cpu).unwrap());
+            let norm = opt.step_with(&[g(&[3.0, 0.0]), g(&[4.0])], 1.0, allow_fused).unwrap();
+            let norm = norm.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            assert!((norm - 5.0).abs() < 1e-6);
+            let v = values(&store);
+            assert!((v[0][0] + 0.6).abs() < 1e-5 && (v[1][0] + 0.8).abs() < 1e-5, "{v:?}");
+        }
+    }
+
+    /// The per-parameter optimiser this one replaced, as it was: a dozen candle ops per
+    /// parameter, clipping by a factor computed on the host.
+    fn per_parameter_reference(
+        c: &OptimConfig,
+        theta: &mut [Vec<f32>],
+        state: &mut [Vec<Vec<f32>>],
+        grads: &[Vec<f32>],
+        groups: &[(bool, f64)],
+        lr: f64,
+        t: i32,
+    ) {
         let dev = Device::Cpu;
-        let mut grads = vec![
-            Some(Tensor::new(&[3f32, 0.], &dev).unwrap()),
-            None,
-            Some(Tensor::new(&[4f32], &dev).unwrap()),
-        ];
-        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
-        assert!((norm - 5.0).abs() < 1e-6);
-        let a = grads[0].as_ref().unwrap().to_vec1::<f32>().unwrap();
-        assert!((a[0] - 0.6).abs() < 1e-5);
-        let norm = clip_grad_norm(&mut grads, 0.0).unwrap();
-        assert!((norm - 1.0).abs() < 1e-5);
+        let tensors: Vec<Option<Tensor>> =
+            grads.iter().map(|g| Some(Tensor::new(g.as_slice(), &dev).unwrap())).collect();
+        let scale = clip_factor(grad_norm(&tensors).unwrap(), c.grad_clip);
+        for i in 0..theta.len() {
+            if c.optimizer == OptimizerKind::AdamW {
+                // The fused kernel's arithmetic, element by element.
+                let (decay, lr_scale) = groups[i];
+                let lr = lr * lr_scale;
+                let wd = if decay { c.weight_decay } else { 0.0 };
+                let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+                let keep = (1.0 - lr * wd) as f32;
+                let step_size = (lr / (1.0 - c.beta1.powi(t))) as f32;
+                let inv = (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32;
+                for j in 0..theta[i].len() {
+                    let g = grads[i][j] * scale as f32;
+                    let m = b1 * state[i][0][j] + (1.0 - b1) * g;
+                    let v = b2 * state[i][1][j] + (1.0 - b2) * (g * g);
+                    (state[i][0][j], state[i][1][j]) = (m, v);
+                    theta[i][j] = keep * theta[i][j] - step_size * m / (v.sqrt() * inv + c.eps as f32);
+                }
+                continue;
+            }
+            let th = Tensor::new(theta[i].as_slice(), &dev).unwrap();
+            let g = (Tensor::new(grads[i].as_slice(), &dev).unwrap() * scale).unwrap();
+            let (decay, lr_scale) = groups[i];
+            let wd = if decay { c.weight_decay } else { 0.0 };
+            let lr = lr * lr_scale;
+            let slot = |s: usize| Tensor::new(state[i][s].as_slice(), &dev).unwrap();
+            let with_l2 = |g: &Tensor| if wd == 0.0 { g.clone() } else { (g + (&th * wd).unwrap()).unwrap() };
+            let (new, slots): (Tensor, Vec<Tensor>) = match c.optimizer {
+                OptimizerKind::AdamW => unreachable!("handled above"),
+                OptimizerKind::Adagrad => {
+                    let g = with_l2(&g);
+                    let sum = (slot(0) + g.sqr().unwrap()).unwrap();
+                    let new = (&th - ((g / (sum.sqrt().unwrap() + c.eps).unwrap()).unwrap() * lr).unwrap())
+                        .unwrap();
+                    (new, vec![sum])
+                }
+                OptimizerKind::Sgd => {
+                    let buf = ((slot(0) * c.momentum).unwrap() + with_l2(&g)).unwrap();
+                    ((&th - (&buf * lr).unwrap()).unwrap(), vec![buf])
+                }
+            };
+            theta[i] = new.to_vec1().unwrap();
+            for (s, v) in slots.iter().enumerate() {
+                state[i][s] = v.to_vec1().unwrap();
+            }
+        }
     }
 
     #[test]
-    fn a_scaled_step_is_a_step_on_scaled_gradients() {
-        let cfg = OptimConfig::default();
-        let values: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5).collect();
-        let theta = |store: &ParamStore| store.params()[0].var.as_tensor().to_vec1::<f32>().unwrap();
-        let mut results = Vec::new();
-        for scaled_inside in [false, true] {
-            let store = ParamStore::new(0);
-            store.var_builder(DType::F32, &Device::Cpu).get_with_hints(5000, "w", Init::Const(1.0)).unwrap();
-            let mut opt = Optimizer::new(&cfg, store.params(), vec![ParamOptions::default()]).unwrap();
-            for _ in 0..3 {
-                let g = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
-                if scaled_inside {
-                    opt.step_scaled(&[Some(g)], 1e-2, 0.3).unwrap();
-                } else {
-                    opt.step(&[Some((g * 0.3).unwrap())], 1e-2).unwrap();
-                }
+    fn the_flat_optimizer_equals_the_per_parameter_one_bit_for_bit() {
+        let values_of = |n: usize, seed: u64| crate::kernels::testing::values(n, seed, 1.0);
+        let sizes = [(4usize, "h.0.w"), (7, "h.0.bias"), (40_000, "h.1.w"), (3, "wpe")];
+        let groups = [(true, 1.0), (false, 1.0), (true, 0.5), (false, 1.0)];
+        for optimizer in [OptimizerKind::AdamW, OptimizerKind::Adagrad, OptimizerKind::Sgd] {
+            let c = OptimConfig { optimizer, momentum: 0.9, grad_clip: 0.5, ..OptimConfig::default() };
+            let init: Vec<Vec<f32>> = sizes.iter().map(|&(n, _)| values_of(n, n as u64)).collect();
+            let named: Vec<(&str, &[f32])> =
+                sizes.iter().zip(&init).map(|((_, name), v)| (*name, v.as_slice())).collect();
+            let store = store(&named);
+            let options = groups
+                .iter()
+                .map(|&(decay, lr_scale)| ParamOptions { lr_scale, weight_decay: Some(decay) })
+                .collect();
+            let mut opt = Optimizer::new(&c, &store, options).unwrap();
+            let mut theta = init.clone();
+            let mut state: Vec<Vec<Vec<f32>>> =
+                init.iter().map(|v| vec![vec![0.0; v.len()]; c.slots().len()]).collect();
+            for t in 1..=3 {
+                let grads: Vec<Vec<f32>> =
+                    sizes.iter().map(|&(n, _)| values_of(n, 100 * t + n as u64)).collect();
+                let tensors: Vec<Option<Tensor>> =
+                    grads.iter().map(|g| Some(Tensor::new(g.as_slice(), &Device::Cpu).unwrap())).collect();
+                opt.step(&tensors, 3e-3).unwrap();
+                per_parameter_reference(&c, &mut theta, &mut state, &grads, &groups, 3e-3, t as i32);
             }
-            results.push(theta(&store));
+            let bits = |v: &[Vec<f32>]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&values(&store)) == bits(&theta), "{optimizer}: the parameters differ");
+            let saved: Vec<Vec<f32>> = opt
+                .state()
+                .unwrap()
+                .iter()
+                .map(|(_, t)| t.flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            assert!(bits(&saved) == bits(&state.concat()), "{optimizer}: the state differs");
         }
-        assert_eq!(results[0], results[1]);
-        let g = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
-        let direct: f64 = values.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
-        assert!((grad_norm(&[Some(g), None]).unwrap() - direct).abs() < 1e-6 * direct);
+    }
+
+    #[test]
+    fn the_flat_path_matches_the_fused_one_and_skips_parameters_without_a_gradient() {
+        let cfg = OptimConfig::default();
+        let results: Vec<Vec<Vec<f32>>> = [true, false]
+            .iter()
+            .map(|&allow_fused| {
+                let store = store(&[("w", &[1.0; 5000]), ("frozen", &[2.0; 3]), ("h.bias", &[0.5; 7])]);
+                let mut opt = Optimizer::new(&cfg, &store, vec![ParamOptions::default(); 3]).unwrap();
+                let g = |n: usize| {
+                    Some(
+                        Tensor::new(
+                            crate::kernels::testing::values(n, n as u64, 1.0).as_slice(),
+                            &Device::Cpu,
+                        )
+                        .unwrap(),
+                    )
+                };
+                for _ in 0..3 {
+                    opt.step_with(&[g(5000), None, g(7)], 1e-2, allow_fused).unwrap();
+                }
+                values(&store)
+            })
+            .collect();
+        assert_eq!(results[1][1], vec![2.0; 3], "no gradient: unchanged");
+        for (a, b) in results[0].iter().flatten().zip(results[1].iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn weight_decay_shrinks_the_weights_under_bf16_mixed_precision_exactly_as_in_f32() {
+        // With zero gradients AdamW is pure decay: θ ← θ·(1 − lr·wd). In bf16, 1 − 1e−3 rounds
+        // to 1, so a pure-bf16 optimiser never decays; the f32 masters of bf16-mixed do.
+        let cfg = OptimConfig { grad_clip: 0.0, ..OptimConfig::default() };
+        let (lr, steps) = (1e-2, 20);
+        let masters = |compute: DType| {
+            let store = ParamStore::new(3);
+            let vb = store.var_builder(compute, &Device::Cpu);
+            vb.get_with_hints(64, "w", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
+            assert_eq!(store.mixed_precision(), compute == DType::BF16);
+            let mut opt = Optimizer::new(&cfg, &store, vec![ParamOptions::default()]).unwrap();
+            let initial = values(&store)[0].clone();
+            for _ in 0..steps {
+                let zero = Tensor::zeros(64, compute, &Device::Cpu).unwrap();
+                opt.step(&[Some(zero)], lr).unwrap();
+                store.sync_compute().unwrap();
+            }
+            let compute = store.params()[0].compute.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+            (initial, values(&store)[0].clone(), compute)
+        };
+        let (initial, f32_run, _) = masters(DType::F32);
+        let (_, mixed, compute) = masters(DType::BF16);
+        assert_eq!(mixed, f32_run, "the masters decay exactly as in f32");
+        let keep = ((1.0 - lr * cfg.weight_decay) as f32).powi(steps);
+        for ((a, b), c) in initial.iter().zip(&mixed).zip(&compute) {
+            assert!((a * keep - b).abs() <= 1e-6 * a.abs(), "{a} · {keep} vs {b}");
+            assert!((b - c).abs() <= b.abs() / 128.0, "the bf16 copy follows the master: {b} vs {c}");
+        }
     }
 
     #[test]
     fn state_round_trips() {
         let cfg = OptimConfig::default();
-        let store = ParamStore::new(0);
-        store.var_builder(DType::F32, &Device::Cpu).get_with_hints(3, "w", Init::Const(1.0)).unwrap();
+        let store = store(&[("w", &[1.0, 1.0, 1.0])]);
         let opts = || vec![ParamOptions::default()];
-        let mut a = Optimizer::new(&cfg, store.params(), opts()).unwrap();
-        a.step(&[Some(Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap())], 0.1).unwrap();
-        let saved: HashMap<_, _> = a.state().into_iter().collect();
+        let mut a = Optimizer::new(&cfg, &store, opts()).unwrap();
+        a.step(&[Some(Tensor::new(&[0.1f32, 0.2, 0.3], &Device::Cpu).unwrap())], 0.1).unwrap();
+        let saved: HashMap<_, _> = a.state().unwrap().into_iter().collect();
         assert_eq!(saved.len(), 2);
-        let mut b = Optimizer::new(&cfg, store.params(), opts()).unwrap();
+        let mut b = Optimizer::new(&cfg, &store, opts()).unwrap();
         b.load_state(&saved, a.steps()).unwrap();
         assert_eq!(b.steps(), 1);
-        let m = b.state()[0].1.to_vec1::<f32>().unwrap();
-        assert!((m[1] - 0.2).abs() < 1e-6);
+        let m = b.state().unwrap()[0].1.to_vec1::<f32>().unwrap();
+        assert!((m[1] - 0.02).abs() < 1e-6, "{m:?}");
         let adagrad = OptimConfig { optimizer: OptimizerKind::Adagrad, ..OptimConfig::default() };
-        let mut c = Optimizer::new(&adagrad, store.params(), opts()).unwrap();
+        let mut c = Optimizer::new(&adagrad, &store, opts()).unwrap();
         assert!(c.load_state(&saved, 1).unwrap_err().to_string().contains("optim.w.sum"));
     }
 }

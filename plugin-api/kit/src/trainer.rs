@@ -1,20 +1,27 @@
 //! The training side of every experiment, written once: config resolution, loss and accuracy,
 //! gradient accumulation, clipping, the optimiser step, and state as safetensors.
+//!
+//! A step stays on the device: the loss and accuracy sums of its micro-batches and the gradient
+//! norm are kept as tensors until [`take_step_stats`](Trainer::take_step_stats) reads every
+//! pending step at once (the host calls it once per logging interval), so a step that is not
+//! logged reads nothing back.
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
-use plugin_api::{BatchStats, ParamCounts};
+use plugin_api::{BatchStats, ParamCounts, StepStats};
 use serde_json::{Map, Value};
 
 use crate::config::{reject_unknown_keys, FieldSpec, Knobs};
 use crate::experiment::Experiment;
 use crate::gpt::{GptConfig, ModelSpec};
+use crate::init::Param;
 use crate::init::ParamStore;
 use crate::metrics::{outlier_kurtosis, MetricsConfig};
 use crate::nn::cross_entropy_sum;
-use crate::optim::{clip_factor, grad_norm, OptimConfig, Optimizer};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::precision::Precision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
@@ -32,7 +39,8 @@ pub type Result<T> = std::result::Result<T, KitError>;
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub device: String,
-    pub dtype: String,
+    /// Resolved: never `auto`.
+    pub precision: Precision,
     pub seed: u64,
     pub vocab_size: usize,
     pub context_length: usize,
@@ -41,19 +49,18 @@ pub struct RunSpec {
 impl RunSpec {
     /// A CPU/f32 spec, for tests and tools.
     pub fn cpu(seed: u64, vocab_size: usize, context_length: usize) -> Self {
-        Self { device: "cpu".into(), dtype: "f32".into(), seed, vocab_size, context_length }
+        Self { device: "cpu".into(), precision: Precision::F32, seed, vocab_size, context_length }
     }
-}
 
-impl From<&plugin_api::RunSpec> for RunSpec {
-    fn from(s: &plugin_api::RunSpec) -> Self {
-        Self {
+    /// The kit's view of what the host sent; its `dtype` field carries the precision.
+    pub fn from_abi(s: &plugin_api::RunSpec) -> Result<Self> {
+        Ok(Self {
             device: s.device.to_string(),
-            dtype: s.dtype.to_string(),
+            precision: Precision::parse(s.dtype.as_str()).map_err(KitError::Config)?,
             seed: s.seed,
             vocab_size: s.vocab_size as usize,
             context_length: s.context_length as usize,
-        }
+        })
     }
 }
 
@@ -76,24 +83,59 @@ fn inputs_and_targets(device: &Device, ids: &[u32], rows: usize, cols: usize) ->
     Ok((inputs, targets))
 }
 
-/// The summed next-token loss of (rows, T + 1) ids, as a tensor to differentiate, and its stats.
+/// Loss and accuracy sums of some tokens, kept on the device until they are read.
+#[derive(Clone)]
+struct Sums {
+    /// Σ cross-entropy, f32 scalar.
+    loss: Tensor,
+    /// How many predictions were the argmax, f32 scalar.
+    correct: Tensor,
+    tokens: u64,
+}
+
+impl Sums {
+    fn add(self, other: Sums) -> Result<Sums> {
+        Ok(Sums {
+            loss: (self.loss + other.loss)?,
+            correct: (self.correct + other.correct)?,
+            tokens: self.tokens + other.tokens,
+        })
+    }
+
+    fn sum(parts: impl IntoIterator<Item = Sums>) -> Result<Option<Sums>> {
+        parts.into_iter().try_fold(None, |acc: Option<Sums>, s| {
+            Ok(Some(match acc {
+                Some(acc) => acc.add(s)?,
+                None => s,
+            }))
+        })
+    }
+
+    /// Reads them back (two reads).
+    fn read(&self) -> Result<BatchStats> {
+        Ok(BatchStats {
+            loss_sum: f64::from(self.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+            correct: self.correct.to_dtype(DType::F32)?.to_scalar::<f32>()? as u64,
+            tokens: self.tokens,
+        })
+    }
+}
+
+/// The summed next-token loss of (rows, T + 1) ids, as a tensor to differentiate, and its sums;
+/// the loss in f32 whatever the model computes in.
 fn loss<E: Experiment>(
     model: &E,
     device: &Device,
     ids: &[u32],
     rows: usize,
     cols: usize,
-) -> Result<(Tensor, BatchStats)> {
+) -> Result<(Tensor, Sums)> {
     let (inputs, targets) = inputs_and_targets(device, ids, rows, cols)?;
     let logits = model.forward(&inputs)?; // (B, T, V)
     let v = logits.dim(2)?;
-    let (loss_sum, correct) = cross_entropy_sum(&logits.reshape(((), v))?, &targets)?;
-    let stats = BatchStats {
-        loss_sum: f64::from(loss_sum.to_dtype(DType::F32)?.to_scalar::<f32>()?),
-        correct: correct.to_scalar::<f32>()? as u64,
-        tokens: (rows * (cols - 1)) as u64,
-    };
-    Ok((loss_sum, stats))
+    let (loss_sum, correct) = cross_entropy_sum(&logits.reshape(((), v))?.to_dtype(DType::F32)?, &targets)?;
+    let sums = Sums { loss: loss_sum.detach(), correct, tokens: (rows * (cols - 1)) as u64 };
+    Ok((loss_sum, sums))
 }
 
 /// `cpu` or `cuda:N`.
@@ -118,14 +160,6 @@ pub fn parse_device(name: &str) -> Result<Device> {
 /// candle's errors carry a backtrace after their first line when `RUST_BACKTRACE` is set.
 pub fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or("").trim()
-}
-
-pub fn parse_dtype(name: &str) -> Result<DType> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        _ => Err(KitError::Config(format!("unknown dtype `{name}`: use f32 or bf16"))),
-    }
 }
 
 /// Every knob an experiment reads: the kit's model and optimiser knobs, then its own.
@@ -170,18 +204,55 @@ impl<E: Experiment> ResolvedConfig<E> {
     }
 }
 
+/// A step applied but not read back yet: its number, loss sums and gradient norm, on the device.
+struct Applied {
+    step: u64,
+    sums: Option<Sums>,
+    grad_norm: Tensor,
+}
+
+/// The gradients accumulated over a step's micro-batches: each parameter's own (the CPU's
+/// fused AdamW reads them so), or gathered into one buffer (a constant number of ops per
+/// micro-batch, whatever the number of parameters).
+enum Gradients {
+    PerParam(Vec<Option<Tensor>>),
+    Gathered { sum: Option<Tensor>, present: Vec<bool> },
+}
+
+impl Gradients {
+    fn clear(&mut self) {
+        match self {
+            Gradients::PerParam(grads) => grads.iter_mut().for_each(|g| *g = None),
+            Gradients::Gathered { sum, present } => {
+                *sum = None;
+                present.iter_mut().for_each(|p| *p = false);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Gradients::PerParam(grads) => grads.iter().all(Option::is_none),
+            Gradients::Gathered { sum, .. } => sum.is_none(),
+        }
+    }
+}
+
 /// An experiment with its parameters, optimiser and accumulated gradients.
 pub struct Trainer<E: Experiment> {
     pub model: E,
     pub params: ParamStore,
     pub spec: ModelSpec,
     optimizer: Optimizer,
-    optim_config: OptimConfig,
     metrics_config: MetricsConfig,
     /// Metrics measured at the current step, handed out by [`extra_metrics`](Self::extra_metrics).
     metrics: Vec<(String, f64)>,
-    /// Accumulated gradients, one per parameter of `params` in creation order.
-    grads: Vec<Option<Tensor>>,
+    grads: Gradients,
+    /// The loss sums of the step being accumulated.
+    step_sums: Option<Sums>,
+    /// Steps applied but not read yet.
+    pending: Vec<Applied>,
+    precision: Precision,
     device: Device,
 }
 
@@ -189,36 +260,50 @@ impl<E: Experiment> Trainer<E> {
     pub fn new(run: &RunSpec, config_json: &str) -> Result<Self> {
         let config = ResolvedConfig::<E>::parse(config_json)?;
         let device = parse_device(&run.device)?;
-        let dtype = parse_dtype(&run.dtype)?;
+        let precision = run.precision.resolve(&run.device);
+        // TF32 matrix products (cuBLAS) in this copy of candle: on for tf32, off otherwise.
+        candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
         let spec = ModelSpec {
             gpt: config.gpt.clone(),
             vocab_size: run.vocab_size,
             context_length: run.context_length,
         };
         let params = ParamStore::new(run.seed);
-        let model = E::build(&spec, &config.own, params.var_builder(dtype, &device))?;
+        let model = E::build(&spec, &config.own, params.var_builder(precision.compute_dtype(), &device))?;
+        params.finish()?;
         let options = params.params().iter().map(|p| model.param_options(&p.name)).collect();
-        let optimizer = Optimizer::new(&config.optim, params.params(), options)?;
+        let optimizer = Optimizer::new(&config.optim, &params, options)?;
+        let count = params.params().len();
+        let grads = if optimizer.takes_gathered_gradients(precision.compute_dtype()) {
+            Gradients::Gathered { sum: None, present: vec![false; count] }
+        } else {
+            Gradients::PerParam(vec![None; count])
+        };
         Ok(Self {
-            grads: vec![None; params.params().len()],
+            grads,
             model,
             params,
             spec,
             optimizer,
-            optim_config: config.optim,
             metrics_config: config.metrics,
             metrics: Vec::new(),
+            step_sums: None,
+            pending: Vec::new(),
+            precision,
             device,
         })
+    }
+
+    /// The arithmetic the model trains in (resolved).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Whether the step being accumulated is one whose metrics are measured, and nothing was
     /// measured for it yet (the first micro-batch).
     fn metrics_due(&self) -> bool {
         let every = self.metrics_config.metrics_every;
-        every > 0
-            && (self.optimizer.steps() + 1).is_multiple_of(every)
-            && self.grads.iter().all(Option::is_none)
+        every > 0 && (self.optimizer.steps() + 1).is_multiple_of(every) && self.grads.is_empty()
     }
 
     /// Metrics measured since the last call: the outlier kurtosis of every residual-stream state
@@ -236,15 +321,15 @@ impl<E: Experiment> Trainer<E> {
         rows: usize,
         cols: usize,
         loss_scale: Option<f64>,
-    ) -> Result<Vec<(BatchStats, Option<GradStore>)>> {
+    ) -> Result<Vec<(Sums, Option<GradStore>)>> {
         check_batch(ids, rows, cols)?;
         let ranges = crate::shards::row_ranges(rows, &self.device);
         let (model, device) = (&self.model, &self.device);
         let shard = |range: &std::ops::Range<usize>| -> Result<_> {
             let ids = &ids[range.start * cols..range.end * cols];
-            let (loss_sum, stats) = loss(model, device, ids, range.len(), cols)?;
+            let (loss_sum, sums) = loss(model, device, ids, range.len(), cols)?;
             let grads = loss_scale.map(|scale| (loss_sum * scale)?.backward()).transpose()?;
-            Ok((stats, grads))
+            Ok((sums, grads))
         };
         if ranges.len() == 1 {
             return Ok(vec![shard(&ranges[0])?]);
@@ -252,7 +337,15 @@ impl<E: Experiment> Trainer<E> {
         crate::shards::run(ranges.len(), |i| shard(&ranges[i])).into_iter().collect()
     }
 
-    /// Forward and backward; adds the gradient of `loss_sum · loss_scale` to the accumulator.
+    /// Forward and backward of one micro-batch; adds the gradient of `loss_sum · loss_scale` to
+    /// the accumulator and the micro-batch's loss sums to the step's, all on the device.
+    pub fn accumulate(&mut self, ids: &[u32], rows: usize, cols: usize, loss_scale: f64) -> Result<()> {
+        let sums = self.micro_batch(ids, rows, cols, loss_scale)?;
+        self.step_sums = Sums::sum(self.step_sums.take().into_iter().chain(Some(sums)))?;
+        Ok(())
+    }
+
+    /// [`accumulate`](Self::accumulate), and this micro-batch's sums read back.
     pub fn forward_backward(
         &mut self,
         ids: &[u32],
@@ -260,21 +353,28 @@ impl<E: Experiment> Trainer<E> {
         cols: usize,
         loss_scale: f64,
     ) -> Result<BatchStats> {
+        let sums = self.micro_batch(ids, rows, cols, loss_scale)?;
+        let stats = sums.read()?;
+        self.step_sums = Sums::sum(self.step_sums.take().into_iter().chain(Some(sums)))?;
+        Ok(stats)
+    }
+
+    fn micro_batch(&mut self, ids: &[u32], rows: usize, cols: usize, loss_scale: f64) -> Result<Sums> {
         if !self.metrics_due() {
-            let mut total = BatchStats::default();
+            let mut sums = Vec::new();
             let mut stores = Vec::new();
-            for (stats, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
-                total += stats;
+            for (s, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
+                sums.push(s);
                 stores.extend(grads);
             }
             self.accumulate_shards(&stores)?;
-            return Ok(total);
+            return Ok(Sums::sum(sums)?.expect("a batch has a shard"));
         }
         // A step whose metrics are measured runs whole: the residual probe sees one forward.
         if let Some(gpt) = self.model.gpt() {
             gpt.probe_residuals();
         }
-        let (loss_sum, stats) = loss(&self.model, &self.device, ids, rows, cols)?;
+        let (loss_sum, sums) = loss(&self.model, &self.device, ids, rows, cols)?;
         if let Some(gpt) = self.model.gpt() {
             for (name, state) in gpt.take_residuals().unwrap_or_default() {
                 self.metrics.push((format!("kurtosis.{name}"), outlier_kurtosis(&state)?));
@@ -282,17 +382,35 @@ impl<E: Experiment> Trainer<E> {
         }
         self.metrics.extend(self.model.extra_metrics()?);
         self.accumulate_shards(&[(loss_sum * loss_scale)?.backward()?])?;
-        Ok(stats)
+        Ok(sums)
     }
 
-    /// Adds each shard's gradients to the accumulator, in shard order. With several shards the
-    /// parameters are divided between the shards' pools, so that both cores add at once (on the
-    /// calling thread the adds went through candle's pool, one op at a time).
+    /// Adds each shard's gradients to the accumulator, in shard order. Per parameter, with
+    /// several shards, the parameters are divided between the shards' pools so that both cores
+    /// add at once (on the calling thread the adds went through candle's pool, one op at a time).
     fn accumulate_shards(&mut self, stores: &[GradStore]) -> Result<()> {
         let params = self.params.params();
+        let grads = match &mut self.grads {
+            Gradients::PerParam(grads) => grads,
+            Gradients::Gathered { sum, present } => {
+                for store in stores {
+                    let mine: Vec<Option<Tensor>> =
+                        params.iter().map(|p| store.get(&p.compute).cloned()).collect();
+                    for (has, g) in present.iter_mut().zip(&mine) {
+                        *has |= g.is_some();
+                    }
+                    let gathered = self.optimizer.gather(&mine)?;
+                    *sum = Some(match sum.take() {
+                        Some(s) => (s + gathered)?,
+                        None => gathered,
+                    });
+                }
+                return Ok(());
+            }
+        };
         let sum = |j: usize| -> Result<Option<Tensor>> {
-            let mut acc = self.grads[j].clone();
-            for g in stores.iter().filter_map(|store| store.get(params[j].var.as_tensor())) {
+            let mut acc = grads[j].clone();
+            for g in stores.iter().filter_map(|store| store.get(&params[j].compute)) {
                 acc = Some(match acc {
                     Some(a) => (a + g)?,
                     None => g.clone(),
@@ -303,48 +421,118 @@ impl<E: Experiment> Trainer<E> {
         let summed: Vec<(usize, Option<Tensor>)> = if stores.len() < 2 {
             (0..params.len()).map(|j| Ok((j, sum(j)?))).collect::<Result<_>>()?
         } else {
-            let owners = crate::shards::balance(params.iter().map(|p| p.var.elem_count()), stores.len());
+            let owners = crate::shards::balance(params.iter().map(Param::elem_count), stores.len());
             let parts = crate::shards::run(stores.len(), |i| {
                 owners.iter().enumerate().filter(|&(_, &o)| o == i).map(|(j, _)| Ok((j, sum(j)?))).collect()
             });
             parts.into_iter().collect::<Result<Vec<Vec<_>>>>()?.into_iter().flatten().collect()
         };
         for (j, g) in summed {
-            self.grads[j] = g;
+            grads[j] = g;
         }
         Ok(())
     }
 
-    /// Clips and applies the accumulated gradients, then clears them; returns the norm before
-    /// clipping.
+    /// Clips and applies the accumulated gradients, then clears them; the step's sums and
+    /// gradient norm stay on the device for [`take_step_stats`](Self::take_step_stats).
+    pub fn apply_step(&mut self, lr: f64) -> Result<()> {
+        let norm = match &self.grads {
+            Gradients::PerParam(grads) => self.optimizer.step(grads, lr)?,
+            Gradients::Gathered { sum: Some(sum), present } => {
+                self.optimizer.step_gathered(sum, present, lr)?
+            }
+            Gradients::Gathered { sum: None, .. } => {
+                return Err(KitError::Config("an optimizer step without a gradient: accumulate first".into()))
+            }
+        };
+        self.grads.clear();
+        self.params.sync_compute()?;
+        self.pending.push(Applied {
+            step: self.optimizer.steps(),
+            sums: self.step_sums.take(),
+            grad_norm: norm,
+        });
+        Ok(())
+    }
+
+    /// [`apply_step`](Self::apply_step), and its gradient norm (before clipping) read back.
     pub fn optimizer_step(&mut self, lr: f64) -> Result<f64> {
-        let norm = grad_norm(&self.grads)?;
-        self.optimizer.step_scaled(&self.grads, lr, clip_factor(norm, self.optim_config.grad_clip))?;
-        self.grads.iter_mut().for_each(|g| *g = None);
-        Ok(norm)
+        self.apply_step(lr)?;
+        let applied = self.pending.pop().expect("pushed above");
+        Ok(applied.grad_norm.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    }
+
+    /// Every step applied since the last call: its loss sums and gradient norm, read back in
+    /// three transfers however many steps there are.
+    pub fn take_step_stats(&mut self) -> Result<Vec<StepStats>> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each column of every step stacked into one f64 tensor, read in one transfer.
+        let column = |value: fn(&Applied) -> Option<&Tensor>| -> Result<Vec<f64>> {
+            let parts = pending
+                .iter()
+                .map(|a| match value(a) {
+                    Some(t) => Ok(t.to_dtype(DType::F64)?.to_device(&self.device)?),
+                    None => Ok(Tensor::zeros((), DType::F64, &self.device)?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&parts, 0)?.to_vec1::<f64>()?)
+        };
+        let losses = column(|a| a.sums.as_ref().map(|s| &s.loss))?;
+        let correct = column(|a| a.sums.as_ref().map(|s| &s.correct))?;
+        let norms = column(|a| Some(&a.grad_norm))?;
+        Ok(pending
+            .iter()
+            .zip(losses.iter().zip(&correct).zip(&norms))
+            .map(|(a, ((&loss_sum, &correct), &grad_norm))| StepStats {
+                step: a.step,
+                batch: BatchStats {
+                    loss_sum,
+                    correct: correct as u64,
+                    tokens: a.sums.as_ref().map_or(0, |s| s.tokens),
+                },
+                grad_norm,
+            })
+            .collect())
     }
 
     pub fn evaluate(&mut self, ids: &[u32], rows: usize, cols: usize) -> Result<BatchStats> {
-        let mut total = BatchStats::default();
-        for (stats, _) in self.sharded_loss(ids, rows, cols, None)? {
-            total += stats;
-        }
-        Ok(total)
+        let sums = self.sharded_loss(ids, rows, cols, None)?.into_iter().map(|(s, _)| s);
+        Sums::sum(sums)?.expect("a batch has a shard").read()
     }
 
-    /// The accumulated gradients by parameter name (for tests and diagnostics).
+    /// The accumulated gradients by parameter name (for tests and diagnostics): each its own,
+    /// or sliced out of the gathered buffer.
     pub fn gradients(&self) -> Vec<(String, Option<Tensor>)> {
-        self.params.params().into_iter().zip(&self.grads).map(|(p, g)| (p.name, g.clone())).collect()
+        let params = self.params.params();
+        match &self.grads {
+            Gradients::PerParam(grads) => {
+                params.into_iter().zip(grads).map(|(p, g)| (p.name, g.clone())).collect()
+            }
+            Gradients::Gathered { sum, present } => params
+                .into_iter()
+                .zip(present)
+                .map(|(p, &has)| {
+                    let g = sum.as_ref().filter(|_| has).and_then(|s| {
+                        s.narrow(0, p.offset, p.elem_count()).and_then(|g| g.reshape(p.var.shape())).ok()
+                    });
+                    (p.name, g)
+                })
+                .collect(),
+        }
     }
 
-    /// Weights (`param.<name>`) and optimiser state (`optim.<name>.<slot>`) as safetensors.
+    /// Weights (`param.<name>`, the f32 masters) and optimiser state (`optim.<name>.<slot>`)
+    /// as safetensors.
     pub fn save_state(&self, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
         let mut tensors: Vec<(String, Tensor)> =
             self.params.tensors().into_iter().map(|(n, t)| (format!("param.{n}"), t)).collect();
-        tensors.extend(self.optimizer.state());
+        tensors.extend(self.optimizer.state()?);
         let mut metadata = metadata;
         metadata.insert("lmhost.optimizer_steps".into(), self.optimizer.steps().to_string());
-        metadata.insert("lmhost.optimizer".into(), self.optim_config.optimizer.to_string());
+        metadata.insert("lmhost.optimizer".into(), self.optimizer.kind().to_string());
         serialize(tensors, metadata)
     }
 
@@ -363,7 +551,7 @@ impl<E: Experiment> Trainer<E> {
             .collect();
         self.params.load(&params).map_err(|e| KitError::State(e.to_string()))?;
         self.optimizer.load_state(&tensors, steps).map_err(|e| KitError::State(e.to_string()))?;
-        self.grads.iter_mut().for_each(|g| *g = None);
+        self.grads.clear();
         Ok(())
     }
 
@@ -402,7 +590,7 @@ impl<E: Experiment> Trainer<E> {
             )));
         }
         self.params.load(&tensors).map_err(|e| KitError::State(e.to_string()))?;
-        self.grads.iter_mut().for_each(|g| *g = None);
+        self.grads.clear();
         Ok(())
     }
 

@@ -668,6 +668,7 @@ impl Tensor {
             (s, srcs[i].layout())
         });
 
+        crate::lmhost::count_op(); // lmhost's patch
         dst.inplace_op(self.layout(), operands, c)
     }
 

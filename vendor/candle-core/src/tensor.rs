@@ -44,6 +44,24 @@ pub struct Tensor_ {
     device: Device,
 }
 
+/// lmhost's patch: a variable viewing `layout` of a shared storage (an arena's part).
+pub(crate) fn variable_view(
+    storage: Arc<RwLock<Storage>>,
+    layout: Layout,
+    dtype: DType,
+    device: Device,
+) -> Tensor {
+    Tensor(Arc::new(Tensor_ {
+        id: TensorId::new(),
+        storage,
+        layout,
+        op: BackpropOp::none(),
+        is_variable: true,
+        dtype,
+        device,
+    }))
+}
+
 impl AsRef<Tensor> for Tensor {
     fn as_ref(&self) -> &Tensor {
         self
@@ -164,6 +182,7 @@ pub(crate) fn from_storage<S: Into<Shape>>(
     op: BackpropOp,
     is_variable: bool,
 ) -> Tensor {
+    crate::lmhost::count_op(); // lmhost's patch: every op that makes a storage is counted
     let dtype = storage.dtype();
     let device = storage.device();
     let tensor_ = Tensor_ {
@@ -662,6 +681,7 @@ impl Tensor {
     /// Retrieves the single scalar value hold in the tensor. If the tensor contains multiple
     /// dimensions, an error is returned instead.
     pub fn to_scalar<S: crate::WithDType>(&self) -> Result<S> {
+        crate::lmhost::count_host_read(); // lmhost's patch
         if self.rank() != 0 {
             Err(Error::UnexpectedNumberOfDims {
                 expected: 0,
@@ -1956,6 +1976,7 @@ impl Tensor {
 
     /// Returns the data contained in a 1D tensor as a vector of scalar values.
     pub fn to_vec1<S: crate::WithDType>(&self) -> Result<Vec<S>> {
+        crate::lmhost::count_host_read(); // lmhost's patch
         if self.rank() != 1 {
             Err(Error::UnexpectedNumberOfDims {
                 expected: 1,
@@ -1981,6 +2002,7 @@ impl Tensor {
 
     /// Returns the data contained in a 2D tensor as a vector of vector of scalar values.
     pub fn to_vec2<S: crate::WithDType>(&self) -> Result<Vec<Vec<S>>> {
+        crate::lmhost::count_host_read(); // lmhost's patch
         let (dim1, dim2) = self.dims2()?;
         let from_cpu_storage = |cpu_storage: &crate::CpuStorage| {
             let data = S::cpu_storage_as_slice(cpu_storage)?;
@@ -2012,6 +2034,7 @@ impl Tensor {
 
     /// Returns the data contained in a 3D tensor.
     pub fn to_vec3<S: crate::WithDType>(&self) -> Result<Vec<Vec<Vec<S>>>> {
+        crate::lmhost::count_host_read(); // lmhost's patch
         let (dim1, dim2, dim3) = self.dims3()?;
         let from_cpu_storage = |cpu_storage: &crate::CpuStorage| {
             let data = S::cpu_storage_as_slice(cpu_storage)?;
@@ -2404,8 +2427,14 @@ impl Tensor {
                 (Storage::Cpu(storage), Device::Metal(metal)) => {
                     Storage::Metal(metal.storage_from_cpu_storage(storage)?)
                 }
-                (Storage::Cuda(storage), Device::Cpu) => Storage::Cpu(storage.to_cpu_storage()?),
-                (Storage::Metal(storage), Device::Cpu) => Storage::Cpu(storage.to_cpu_storage()?),
+                (Storage::Cuda(storage), Device::Cpu) => {
+                    crate::lmhost::count_host_read(); // lmhost's patch
+                    Storage::Cpu(storage.to_cpu_storage()?)
+                }
+                (Storage::Metal(storage), Device::Cpu) => {
+                    crate::lmhost::count_host_read(); // lmhost's patch
+                    Storage::Cpu(storage.to_cpu_storage()?)
+                }
                 (Storage::Cuda(storage), Device::Cuda(cuda)) => {
                     // can't clone storage if it's the same device because of the underlying device ptr
                     let dst_storage = storage.transfer_to_device(cuda)?;

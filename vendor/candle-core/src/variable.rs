@@ -146,6 +146,7 @@ impl Var {
             }
             .bt())?
         }
+        crate::lmhost::count_op(); // lmhost's patch
         src.copy_strided_src(&mut dst, layout.start_offset(), src_l)?;
         Ok(())
     }

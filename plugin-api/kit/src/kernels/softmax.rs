@@ -3,7 +3,12 @@
 //! offset lets a query block attend to a cache of earlier keys). Masked weights are exactly 0.
 //! Backward: `dx = scale · y ⊙ (g − Σ_j g_j y_j)`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, DeviceLocation, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 use super::fastmath::{self, dot, exp, simd_fn, sum_map};
@@ -21,15 +26,33 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     composed(scores, scale)
 }
 
-/// The same with plain candle ops (CUDA, bf16).
+/// The same with plain candle ops (CUDA, bf16): the softmax in f32 (its statistics would lose
+/// most of their digits in bf16), the mask built once per shape and device, not per call.
 fn composed(scores: &Tensor, scale: f64) -> Result<Tensor> {
     let (tq, tk) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+    let mask = causal_mask(tq, tk, scores.device())?;
+    let probs =
+        candle_nn::ops::softmax(&(scores.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?, D::Minus1)?;
+    probs.to_dtype(scores.dtype())
+}
+
+/// The additive causal mask (Tq, Tk) in f32 (0 where query i sees key j ≤ i + Tk − Tq, −∞
+/// elsewhere), kept per (Tq, Tk, device) so that it is uploaded once.
+pub fn causal_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
+    type Masks = HashMap<(usize, usize, DeviceLocation), Tensor>;
+    static MASKS: OnceLock<Mutex<Masks>> = OnceLock::new();
+    let key = (tq, tk, device.location());
+    let mut masks = MASKS.get_or_init(Default::default).lock().expect("mask cache lock");
+    if let Some(mask) = masks.get(&key) {
+        return Ok(mask.clone());
+    }
     let offset = tk - tq;
     let mask: Vec<f32> = (0..tq)
         .flat_map(|i| (0..tk).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
-    let mask = Tensor::from_vec(mask, (tq, tk), scores.device())?.to_dtype(scores.dtype())?;
-    candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1)
+    let mask = Tensor::from_vec(mask, (tq, tk), device)?;
+    masks.insert(key, mask.clone());
+    Ok(mask)
 }
 
 simd_fn! {
