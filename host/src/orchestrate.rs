@@ -511,17 +511,21 @@ pub fn branch(
 /// written.
 fn check_device(device: &str, arms: &[PlannedArm]) -> Result<()> {
     lmhost_kit::trainer::parse_device(device).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if device.starts_with("cuda") {
-        for arm in arms {
-            if arm.description.features.as_ref().is_some_and(|f| !f.iter().any(|f| f == "cuda")) {
-                bail!(
-                    "{} was built without CUDA, so it cannot train on {device}: rebuild it with `cargo build --release --workspace --features lmhost/cuda`",
-                    arm.source.label()
-                );
-            }
-        }
+    plugins_support(device, arms)
+}
+
+/// A plugin built without CUDA cannot train on a GPU, even when the host can.
+fn plugins_support(device: &str, arms: &[PlannedArm]) -> Result<()> {
+    if !device.starts_with("cuda") {
+        return Ok(());
     }
-    Ok(())
+    match arms.iter().find(|a| a.description.features.as_ref().is_some_and(|f| !f.iter().any(|f| f == "cuda"))) {
+        Some(arm) => bail!(
+            "{} was built without CUDA, so it cannot train on {device}: rebuild it with `cargo build --release --workspace --features lmhost/cuda`",
+            arm.source.label()
+        ),
+        None => Ok(()),
+    }
 }
 
 fn new_record(
@@ -709,6 +713,19 @@ mod tests {
             request,
             config,
         }
+    }
+
+    #[test]
+    fn a_plugin_built_without_cuda_is_refused_for_a_gpu() {
+        let mut arm = planned("a", &[]);
+        arm.description.features = Some(Vec::new());
+        let err = plugins_support("cuda:0", std::slice::from_ref(&arm)).unwrap_err().to_string();
+        assert!(err.contains("built without CUDA") && err.contains("--features lmhost/cuda"), "{err}");
+        assert!(plugins_support("cpu", std::slice::from_ref(&arm)).is_ok());
+        arm.description.features = Some(vec!["cuda".into()]);
+        assert!(plugins_support("cuda:0", std::slice::from_ref(&arm)).is_ok());
+        arm.description.features = None; // built before plugins said: the worker's error decides
+        assert!(plugins_support("cuda:0", &[arm]).is_ok());
     }
 
     #[test]

@@ -34,9 +34,14 @@ fn run_help_lists_the_config_keys_and_presets() {
         "n_head",
         "gpt2ish",
         "[constant|cosine|linear]",
+        "f32 on the CPU, bf16-mixed on CUDA",
+        "[auto|f32|tf32|bf16-mixed]",
     ] {
         assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
     }
+    // The build's features, which a crate folder given to `run` is built with too.
+    let version = built().lmhost(dir.path(), &["--version"]).stdout();
+    assert_eq!(version.trim(), "lmhost 0.1.0 (features: none)");
 }
 
 #[test]

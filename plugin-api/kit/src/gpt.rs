@@ -14,7 +14,7 @@
 //! Every part is built through a [`Recipe`]: the baseline's recipe builds these parts, an
 //! experiment's recipe replaces one of them and keeps the rest.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use std::sync::Mutex;
@@ -55,15 +55,29 @@ crate::knobs! {
     }
 }
 
-/// What a model is built for: its size, its vocabulary and its longest sequence.
+/// What a model is built for: its size, its vocabulary, its longest sequence, and the dtype its
+/// dense layers multiply in.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub gpt: GptConfig,
     pub vocab_size: usize,
     pub context_length: usize,
+    /// f32, or bf16 under mixed precision: the dense layers' matrix products (and their outputs)
+    /// run in it; every other part computes in f32, as `torch.autocast` arranges.
+    pub matmul_dtype: DType,
 }
 
 impl ModelSpec {
+    /// A spec whose dense layers multiply in f32.
+    pub fn new(gpt: GptConfig, vocab_size: usize, context_length: usize) -> Self {
+        Self { gpt, vocab_size, context_length, matmul_dtype: DType::F32 }
+    }
+
+    /// The shape of one of the baseline's dense layers, multiplying in this spec's dtype.
+    pub fn dense(&self, in_dim: usize, out_dim: usize, std: f64, bias: bool) -> DenseSpec {
+        DenseSpec { in_dim, out_dim, std, bias, dtype: self.matmul_dtype }
+    }
+
     pub fn head_size(&self) -> usize {
         self.gpt.n_embd / self.gpt.n_head
     }
@@ -102,10 +116,9 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
         let (c, std) = (spec.gpt.n_embd, spec.gpt.init_std);
-        let dense = |out_dim, std| DenseSpec { in_dim: c, out_dim, std, bias: true };
         Ok(Self {
-            c_attn: recipe.dense(dense(3 * c, std), vb.pp("c_attn"))?,
-            c_proj: recipe.dense(dense(c, spec.residual_std()), vb.pp("c_proj"))?,
+            c_attn: recipe.dense(spec.dense(c, 3 * c, std, true), vb.pp("c_attn"))?,
+            c_proj: recipe.dense(spec.dense(c, c, spec.residual_std(), true), vb.pp("c_proj"))?,
             n_head: spec.gpt.n_head,
             scale: 1.0 / (spec.head_size() as f64).sqrt(),
         })
@@ -185,14 +198,8 @@ impl Mlp {
     pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
         let c = spec.gpt.n_embd;
         Ok(Self {
-            c_fc: recipe.dense(
-                DenseSpec { in_dim: c, out_dim: 4 * c, std: spec.gpt.init_std, bias: true },
-                vb.pp("c_fc"),
-            )?,
-            c_proj: recipe.dense(
-                DenseSpec { in_dim: 4 * c, out_dim: c, std: spec.residual_std(), bias: true },
-                vb.pp("c_proj"),
-            )?,
+            c_fc: recipe.dense(spec.dense(c, 4 * c, spec.gpt.init_std, true), vb.pp("c_fc"))?,
+            c_proj: recipe.dense(spec.dense(4 * c, c, spec.residual_std(), true), vb.pp("c_proj"))?,
             gelu: spec.gpt.gelu,
         })
     }
@@ -238,8 +245,8 @@ impl PreLnBlock {
 
 impl Block for PreLnBlock {
     fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, cache)?)?;
-        &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+        let x = nn::residual(x, &self.attn.forward(&self.ln_1.forward(x)?, cache)?)?;
+        nn::residual(&x, &self.mlp.forward(&self.ln_2.forward(&x)?)?)
     }
 
     fn prod(&self) -> Result<Named> {
@@ -269,12 +276,7 @@ impl Gpt {
             .map(|i| recipe.block(i, spec, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let wte = recipe.token_embedding(spec, t.pp("wte"))?;
-        let head = DenseSpec {
-            in_dim: c,
-            out_dim: spec.vocab_size,
-            std: spec.gpt.init_std,
-            bias: spec.gpt.head_bias,
-        };
+        let head = spec.dense(c, spec.vocab_size, spec.gpt.init_std, spec.gpt.head_bias);
         let lm_head: Box<dyn Dense> = if spec.gpt.tied_head {
             let Some(table) = wte.table() else {
                 candle_core::bail!("tied_head=true needs a token embedding that is one (V, C) table");
@@ -369,23 +371,26 @@ impl Gpt {
 pub struct TiedHead {
     table: Tensor,
     bias: Option<Tensor>,
+    /// The dtype the product runs in: the f32 table is cast to it at each use.
+    dtype: DType,
     name: String,
 }
 
 impl TiedHead {
     pub fn new(table: Tensor, spec: DenseSpec, vb: VarBuilder) -> Result<Self> {
         let bias = if spec.bias {
-            Some(vb.get_with_hints(spec.out_dim, "bias", candle_nn::Init::Const(0.0))?)
+            Some(vb.get_with_hints_dtype(spec.out_dim, "bias", candle_nn::Init::Const(0.0), spec.dtype)?)
         } else {
             None
         };
-        Ok(Self { table, bias, name: vb.prefix() })
+        Ok(Self { table, bias, dtype: spec.dtype, name: vb.prefix() })
     }
 }
 
 impl Dense for TiedHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        nn::Linear { weight: self.table.clone(), bias: self.bias.clone(), name: self.name.clone() }.forward(x)
+        let weight = self.table.to_dtype(self.dtype)?;
+        nn::Linear { weight, bias: self.bias.clone(), name: self.name.clone() }.forward(x)
     }
 
     /// Only the bias: the weight is the token embedding's, exported once as `transformer.wte`.

@@ -16,13 +16,15 @@ use candle_nn::{Init, VarBuilder};
 pub struct Param {
     /// Dotted name, e.g. `transformer.h.0.attn.c_attn.weight`.
     pub name: String,
-    /// The f32 master weights, a view of the store's master buffer: what the optimiser updates
-    /// and checkpoints hold.
+    /// The f32 master weights, a view of its buffer's masters: what the optimiser updates and
+    /// checkpoints hold.
     pub var: Var,
-    /// What the model reads and the backward pass differentiates: the master itself in f32, or
-    /// its bf16 copy under mixed precision (refreshed after every update).
+    /// What the model reads and the backward pass differentiates: the master itself, or a copy
+    /// in the dtype the parameter was asked for (bf16 for the matrix products under mixed
+    /// precision), refreshed after every update.
     pub compute: Tensor,
-    /// Where the parameter starts in the store's buffers.
+    /// Which of the store's buffers holds it, and where it starts there.
+    pub buffer: usize,
     pub offset: usize,
 }
 
@@ -32,38 +34,42 @@ impl Param {
     }
 }
 
-/// Every parameter of a model, in creation order, as views of one f32 master buffer (and, under
-/// mixed precision, of one bf16 compute buffer): so an optimiser can update all of them, and the
-/// compute copy be refreshed, with a few ops over whole buffers instead of a dozen per parameter.
+/// The parameters computed in one dtype: their f32 masters in one buffer and, for a dtype other
+/// than f32, the copy the model computes with in a second buffer of the same layout.
+struct Buffer {
+    dtype: DType,
+    masters: Arena,
+    compute: Option<Arena>,
+}
+
+/// Every parameter of a model, in creation order, as views of a few buffers (one per dtype the
+/// model computes in): so an optimiser can update all of them, and the compute copies be
+/// refreshed, with a few ops over whole buffers instead of a dozen per parameter.
 #[derive(Clone)]
 pub struct ParamStore {
-    inner: Arc<Mutex<Buffers>>,
+    inner: Arc<Mutex<Store>>,
     seed: u64,
 }
 
-struct Buffers {
+struct Store {
     params: Vec<Param>,
-    masters: Option<Arena>,
-    /// The bf16 copy the model computes with, under mixed precision.
-    compute: Option<Arena>,
+    buffers: Vec<Buffer>,
 }
 
 impl ParamStore {
     pub fn new(seed: u64) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Buffers { params: Vec::new(), masters: None, compute: None })),
-            seed,
-        }
+        Self { inner: Arc::new(Mutex::new(Store { params: Vec::new(), buffers: Vec::new() })), seed }
     }
 
     /// A `VarBuilder` whose every `get` creates (or returns, for a repeated name) a seeded
-    /// parameter in this store. `dtype` is what the model computes in: f32, or bf16 for mixed
-    /// precision (the masters stay f32 either way).
+    /// parameter in this store, computed in `dtype` unless the part asks for another
+    /// (`get_with_hints_dtype`: the dense layers' bf16 under mixed precision). The masters are
+    /// f32 whatever is asked.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Buffers> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.inner.lock().expect("param store lock")
     }
 
@@ -80,37 +86,40 @@ impl ParamStore {
         self.params().iter().map(|p| p.elem_count() as u64).sum()
     }
 
-    /// Every master weight as one f32 variable `(count,)`, in creation order (`None` before the
-    /// first parameter).
-    pub fn masters(&self) -> Option<Var> {
+    /// Each buffer's masters as one f32 variable `(count,)` (the parameters of buffer `b` are
+    /// those with `buffer == b`, in order).
+    pub fn masters(&self) -> Vec<Var> {
         self.lock()
-            .masters
-            .as_ref()
-            .map(|a| Var::from_tensor(&a.whole()).expect("an arena view is a variable"))
+            .buffers
+            .iter()
+            .map(|b| Var::from_tensor(&b.masters.whole()).expect("an arena view is a variable"))
+            .collect()
     }
 
-    /// Whether the model computes with a bf16 copy of the masters.
+    /// Whether some parameters are computed with a copy in another dtype than their f32 masters.
     pub fn mixed_precision(&self) -> bool {
-        self.lock().compute.is_some()
+        self.lock().buffers.iter().any(|b| b.compute.is_some())
     }
 
-    /// Copies the masters into the compute buffer (mixed precision; a no-op otherwise): after
-    /// every change to the masters. Two ops, whatever the number of parameters.
+    /// Copies the masters into the compute copies: after every change to the masters. Two ops
+    /// per buffer with copies, whatever the number of parameters.
     pub fn sync_compute(&self) -> Result<()> {
-        let buffers = self.lock();
-        if let (Some(masters), Some(compute)) = (&buffers.masters, &buffers.compute) {
-            let compute = Var::from_tensor(&compute.whole())?;
-            compute.set(&masters.whole().to_dtype(compute.dtype())?)?;
+        for b in &self.lock().buffers {
+            if let Some(compute) = &b.compute {
+                let compute = Var::from_tensor(&compute.whole())?;
+                compute.set(&b.masters.whole().to_dtype(compute.dtype())?)?;
+            }
         }
         Ok(())
     }
 
     /// Drops the spare capacity the buffers grew while the model was built.
     pub fn finish(&self) -> Result<()> {
-        let mut buffers = self.lock();
-        let Buffers { masters, compute, .. } = &mut *buffers;
-        for arena in [masters, compute].into_iter().flatten() {
-            arena.shrink_to_fit()?;
+        for b in &mut self.lock().buffers {
+            b.masters.shrink_to_fit()?;
+            if let Some(compute) = &mut b.compute {
+                compute.shrink_to_fit()?;
+            }
         }
         Ok(())
     }
@@ -135,8 +144,8 @@ impl ParamStore {
     }
 
     fn create(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut buffers = self.lock();
-        if let Some(p) = buffers.params.iter().find(|p| p.name == name) {
+        let mut store = self.lock();
+        if let Some(p) = store.params.iter().find(|p| p.name == name) {
             if p.var.shape() != &shape {
                 candle_core::bail!(
                     "parameter `{name}` requested with shape {shape:?}, already {:?}",
@@ -147,20 +156,28 @@ impl ParamStore {
         }
         let values =
             Tensor::from_vec(draw(&shape, &init, param_seed(self.seed, name))?, shape, &Device::Cpu)?;
-        if buffers.masters.is_none() {
-            buffers.masters = Some(Arena::new(DType::F32, dev)?);
-            if dtype != DType::F32 {
-                buffers.compute = Some(Arena::new(dtype, dev)?);
+        let index = match store.buffers.iter().position(|b| b.dtype == dtype) {
+            Some(i) => i,
+            None => {
+                let compute = if dtype == DType::F32 { None } else { Some(Arena::new(dtype, dev)?) };
+                store.buffers.push(Buffer { dtype, masters: Arena::new(DType::F32, dev)?, compute });
+                store.buffers.len() - 1
             }
-        }
-        let masters = buffers.masters.as_mut().expect("created above");
-        let offset = masters.len();
-        let var = Var::from_tensor(&masters.push(&values)?)?;
-        let compute = match buffers.compute.as_mut() {
+        };
+        let buffer = &mut store.buffers[index];
+        let offset = buffer.masters.len();
+        let var = Var::from_tensor(&buffer.masters.push(&values)?)?;
+        let compute = match buffer.compute.as_mut() {
             Some(arena) => arena.push(&values)?,
             None => var.as_tensor().clone(),
         };
-        buffers.params.push(Param { name: name.to_owned(), var, compute: compute.clone(), offset });
+        store.params.push(Param {
+            name: name.to_owned(),
+            var,
+            compute: compute.clone(),
+            buffer: index,
+            offset,
+        });
         Ok(compute)
     }
 }

@@ -3,11 +3,11 @@
 //!
 //! Shapes: `B` batch, `T` time, `C` width, `H` heads, `D = C/H` head size, `V` vocab.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::kernels;
-use crate::parts::{Dense, Named, Norm, TokenEmbedding};
+use crate::parts::{Dense, DenseSpec, Named, Norm, TokenEmbedding};
 
 /// `y = x Wᵀ + b`, `W: (out, in)`.
 #[derive(Clone, Debug)]
@@ -19,10 +19,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// x: (..., in) → (..., out), as one (N, in) × (in, out) matmul with the bias.
+    /// x: (..., in) → (..., out), as one (N, in) × (in, out) matmul with the bias, in the
+    /// weight's dtype (x is cast to it: bf16 under mixed precision).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
+        let x = x.to_dtype(self.weight.dtype())?;
         let y = kernels::linear(&x.reshape(((), in_dim))?, &self.weight, self.bias.as_ref())?;
         dims.push(self.weight.dim(0)?);
         y.reshape(dims)
@@ -48,11 +50,27 @@ pub fn weight_and_bias(name: &str, weight: &Tensor, bias: Option<&Tensor>) -> Na
     out
 }
 
-/// A [`Linear`] with `W` drawn from N(0, std) and `b` zero.
+/// A [`Linear`] with `W` drawn from N(0, std) and `b` zero, multiplying in f32.
 pub fn linear(in_dim: usize, out_dim: usize, std: f64, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-    let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+    dense(DenseSpec { in_dim, out_dim, std, bias, dtype: DType::F32 }, vb)
+}
+
+/// The [`Linear`] a [`DenseSpec`] describes: W drawn from N(0, std), b zero, both computed in
+/// the spec's dtype (a bf16 copy of f32 masters under mixed precision).
+pub fn dense(spec: DenseSpec, vb: VarBuilder) -> Result<Linear> {
+    let init = Init::Randn { mean: 0.0, stdev: spec.std };
+    let weight = vb.get_with_hints_dtype((spec.out_dim, spec.in_dim), "weight", init, spec.dtype)?;
+    let bias = match spec.bias {
+        true => Some(vb.get_with_hints_dtype(spec.out_dim, "bias", Init::Const(0.0), spec.dtype)?),
+        false => None,
+    };
     Ok(Linear { weight, bias, name: vb.prefix() })
+}
+
+/// `x + branch`, the branch (a dense layer's bf16 output under mixed precision) added in the
+/// residual stream's dtype.
+pub fn residual(x: &Tensor, branch: &Tensor) -> Result<Tensor> {
+    x + branch.to_dtype(x.dtype())?
 }
 
 /// A lookup table `(n, C)`: row `i` is the vector of id `i`.
@@ -131,7 +149,8 @@ impl Norm for LayerNorm {
     }
 }
 
-/// RMSNorm over the last dimension with a gain (Zhang & Sennrich 2019): `x / √(mean(x²) + eps) · g`.
+/// RMSNorm over the last dimension with a gain (Zhang & Sennrich 2019): `x / √(mean(x²) + eps) · g`,
+/// computed in f32 and returned in x's dtype.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
@@ -146,7 +165,11 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let normed =
+            x.broadcast_div(&(x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?.to_dtype(dtype)
     }
 }
 

@@ -85,19 +85,27 @@ struct Group {
     lr_scale: f64,
 }
 
+/// One of the store's buffers as the optimiser sees it: the masters, the state slots in the same
+/// layout, and which parameters lie in it.
+struct Flat {
+    masters: Var,
+    /// Indexes into the optimiser's parameters, in layout order.
+    members: Vec<usize>,
+    /// `state[s]`: slot `s` of every member.
+    state: Vec<Var>,
+    /// Each element's group, on the device: built at the first flat step with several groups.
+    element_groups: Option<Tensor>,
+}
+
 /// The optimiser of one model: its parameters, their state slots, and how many steps it took.
 pub struct Optimizer {
     config: OptimConfig,
     params: Vec<Param>,
-    /// Every master weight as one variable (the store's buffer).
-    masters: Var,
     groups: Vec<Group>,
     /// `groups[group_of[i]]` holds parameter `i`'s settings.
     group_of: Vec<usize>,
-    /// Each element's group, on the device: built at the first flat step with several groups.
-    element_groups: Option<Tensor>,
-    /// `state[s]`: slot `s` of every parameter, in the masters' layout.
-    state: Vec<Var>,
+    /// One per buffer of the store.
+    buffers: Vec<Flat>,
     steps: u64,
 }
 
@@ -105,8 +113,9 @@ impl Optimizer {
     /// `options[i]` belongs to the store's parameter `i`.
     pub fn new(config: &OptimConfig, store: &ParamStore, options: Vec<ParamOptions>) -> Result<Self> {
         let params = store.params();
-        let masters =
-            store.masters().ok_or_else(|| candle_core::Error::Msg("the model has no parameters".into()))?;
+        if params.is_empty() {
+            candle_core::bail!("the model has no parameters");
+        }
         let mut groups: Vec<Group> = Vec::new();
         let group_of = params
             .iter()
@@ -120,19 +129,20 @@ impl Optimizer {
                 })
             })
             .collect();
-        let state = (0..config.slots().len())
-            .map(|_| Var::from_tensor(&masters.zeros_like()?))
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            config: config.clone(),
-            params,
-            masters,
-            groups,
-            group_of,
-            element_groups: None,
-            state,
-            steps: 0,
-        })
+        let buffers = store
+            .masters()
+            .into_iter()
+            .enumerate()
+            .map(|(b, masters)| {
+                let state = (0..config.slots().len())
+                    .map(|_| Var::from_tensor(&masters.zeros_like()?))
+                    .collect::<Result<_>>()?;
+                let members =
+                    params.iter().enumerate().filter(|(_, p)| p.buffer == b).map(|(i, _)| i).collect();
+                Ok(Flat { masters, members, state, element_groups: None })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config: config.clone(), params, groups, group_of, buffers, steps: 0 })
     }
 
     pub fn steps(&self) -> u64 {
@@ -145,32 +155,36 @@ impl Optimizer {
 
     /// Whether gradients should be handed over gathered ([`gather`](Self::gather), summed
     /// across micro-batches, then [`step_gathered`](Self::step_gathered)): everywhere but the
-    /// CPU's fused AdamW, which reads each parameter's own gradient.
-    pub fn takes_gathered_gradients(&self, compute_dtype: DType) -> bool {
+    /// CPU's fused AdamW, which reads each parameter's own f32 gradient.
+    pub fn takes_gathered_gradients(&self) -> bool {
         !(self.config.optimizer == OptimizerKind::AdamW
-            && compute_dtype == DType::F32
-            && fused::applies(&[self.masters.as_tensor()]))
+            && self.params.iter().all(|p| p.compute.dtype() == DType::F32)
+            && fused::applies(&self.buffers.iter().map(|b| b.masters.as_tensor()).collect::<Vec<_>>()))
     }
 
-    /// Every parameter's gradient in one f32 buffer of the masters' layout (zeros where a
-    /// parameter has none).
-    pub fn gather(&self, grads: &[Option<Tensor>]) -> Result<Tensor> {
+    /// Every parameter's gradient gathered into one f32 tensor per buffer, in the masters'
+    /// layout (zeros where a parameter has none): one op to gather and one to cast per buffer.
+    pub fn gather(&self, grads: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
         if grads.len() != self.params.len() {
             candle_core::bail!("{} gradients for {} parameters", grads.len(), self.params.len());
         }
-        let device = self.masters.device();
-        // Gathered in the gradients' own dtype, then cast once.
-        let dtype = grads.iter().flatten().next().map_or(DType::F32, Tensor::dtype);
-        let parts = self
-            .params
+        self.buffers
             .iter()
-            .zip(grads)
-            .map(|(p, g)| match g {
-                Some(g) => g.flatten_all(),
-                None => Tensor::zeros(p.elem_count(), dtype, device),
+            .map(|b| {
+                let device = b.masters.device();
+                let dtype =
+                    b.members.iter().find_map(|&i| grads[i].as_ref()).map_or(DType::F32, Tensor::dtype);
+                let parts = b
+                    .members
+                    .iter()
+                    .map(|&i| match &grads[i] {
+                        Some(g) => g.flatten_all(),
+                        None => Tensor::zeros(self.params[i].elem_count(), dtype, device),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)?.to_dtype(DType::F32)
             })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0)?.to_dtype(DType::F32)
+            .collect()
     }
 
     /// Clips the gradients to `grad_clip` and applies one update; `grads[i]` belongs to parameter
@@ -182,12 +196,13 @@ impl Optimizer {
 
     /// `allow_fused: false` takes the flat tensor-op path every device has (tests compare the two).
     fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64, allow_fused: bool) -> Result<Tensor> {
-        let fused = allow_fused && self.config.optimizer == OptimizerKind::AdamW && {
-            let mut all: Vec<&Tensor> = vec![self.masters.as_tensor()];
-            all.extend(self.state.iter().map(|s| s.as_tensor()));
-            all.extend(grads.iter().flatten());
-            fused::applies(&all)
-        };
+        let fused =
+            allow_fused && self.config.optimizer == OptimizerKind::AdamW && self.buffers.len() == 1 && {
+                let mut all: Vec<&Tensor> = vec![self.buffers[0].masters.as_tensor()];
+                all.extend(self.buffers[0].state.iter().map(|s| s.as_tensor()));
+                all.extend(grads.iter().flatten());
+                fused::applies(&all)
+            };
         if !fused {
             let present: Vec<bool> = grads.iter().map(Option::is_some).collect();
             return self.step_gathered(&self.gather(grads)?, &present, lr);
@@ -201,77 +216,97 @@ impl Optimizer {
         Tensor::new(norm, &Device::Cpu)
     }
 
-    /// The settings of each group at this step, as `f(group)`, one value per element of the
-    /// buffers (gathered on the device from a table of one value per group).
-    fn per_element(&mut self, f: impl Fn(&Group) -> f64) -> Result<Tensor> {
-        let device = self.masters.device().clone();
+    /// The settings of each group at this step, as `f(group)`, one value per element of buffer
+    /// `b` (gathered on the device from a table of one value per group).
+    fn per_element(&mut self, b: usize, f: impl Fn(&Group) -> f64) -> Result<Tensor> {
+        let flat = &self.buffers[b];
+        let device = flat.masters.device().clone();
         let table: Vec<f32> = self.groups.iter().map(|g| f(g) as f32).collect();
         let table = Tensor::new(table.as_slice(), &device)?;
         if self.groups.len() == 1 {
-            return table.broadcast_as(self.masters.shape());
+            return table.broadcast_as(flat.masters.shape());
         }
-        if self.element_groups.is_none() {
-            let index: Vec<u32> = self
-                .params
+        if flat.element_groups.is_none() {
+            let index: Vec<u32> = flat
+                .members
                 .iter()
-                .zip(&self.group_of)
-                .flat_map(|(p, &g)| std::iter::repeat_n(g as u32, p.elem_count()))
+                .flat_map(|&i| std::iter::repeat_n(self.group_of[i] as u32, self.params[i].elem_count()))
                 .collect();
-            self.element_groups = Some(Tensor::new(index.as_slice(), &device)?);
+            self.buffers[b].element_groups = Some(Tensor::new(index.as_slice(), &device)?);
         }
-        table.index_select(self.element_groups.as_ref().expect("built above"), 0)
+        table.index_select(self.buffers[b].element_groups.as_ref().expect("built above"), 0)
     }
 
-    /// One update as a fixed number of ops over whole buffers (any device): the gathered
-    /// gradient `g` clipped by a factor computed on the device, the rule applied with each
-    /// group's settings. `present[i]`: parameter `i` had a gradient (the others keep their values
-    /// and state, as torch skips them).
-    pub fn step_gathered(&mut self, g: &Tensor, present: &[bool], lr: f64) -> Result<Tensor> {
-        if g.dims1()? != self.masters.elem_count() || present.len() != self.params.len() {
-            candle_core::bail!(
-                "a gathered gradient of {:?} for {} elements",
-                g.dims(),
-                self.masters.elem_count()
-            );
+    /// One update as a fixed number of ops per buffer (any device): the gathered gradients
+    /// clipped by a factor computed on the device, the rule applied with each group's settings.
+    /// `present[i]`: parameter `i` had a gradient (the others keep their values and state, as
+    /// torch skips them). Returns the global norm before clipping, unread.
+    pub fn step_gathered(&mut self, gathered: &[Tensor], present: &[bool], lr: f64) -> Result<Tensor> {
+        if gathered.len() != self.buffers.len() || present.len() != self.params.len() {
+            candle_core::bail!("{} gathered gradients for {} buffers", gathered.len(), self.buffers.len());
+        }
+        for (g, b) in gathered.iter().zip(&self.buffers) {
+            if g.dims1()? != b.masters.elem_count() {
+                candle_core::bail!(
+                    "a gathered gradient of {:?} for {} elements",
+                    g.dims(),
+                    b.masters.elem_count()
+                );
+            }
         }
         self.steps += 1;
         let c = self.config.clone();
-        let device = self.masters.device().clone();
-        let theta = self.masters.as_tensor().clone();
-        let missing = present.iter().any(|p| !p);
-        let (norm, g) = if fused::applies(&[g]) {
+        let (norm, gathered) = if fused::applies(&gathered.iter().collect::<Vec<_>>()) {
             // On the CPU the norm is summed in f64, parameter by parameter, as it always was.
-            let norm = self
-                .params
-                .iter()
-                .map(|p| fused::sum_of_squares(&g.narrow(0, p.offset, p.elem_count())?))
-                .sum::<Result<f64>>()?
-                .sqrt();
+            let mut squares = 0.0;
+            for (g, b) in gathered.iter().zip(&self.buffers) {
+                for &i in &b.members {
+                    let p = &self.params[i];
+                    squares += fused::sum_of_squares(&g.narrow(0, p.offset, p.elem_count())?)?;
+                }
+            }
+            let norm = squares.sqrt();
             let factor = clip_factor(norm, c.grad_clip);
-            (Tensor::new(norm, &device)?, if factor == 1.0 { g.clone() } else { (g * factor)? })
+            let scaled = gathered
+                .iter()
+                .map(|g| if factor == 1.0 { Ok(g.clone()) } else { g * factor })
+                .collect::<Result<Vec<_>>>()?;
+            (Tensor::new(norm, &Device::Cpu)?, scaled)
         } else {
-            let norm = g.sqr()?.sum_all()?.sqrt()?;
-            let g = if c.grad_clip > 0.0 {
+            let squares = gathered.iter().map(|g| g.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
+            let norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?;
+            let scaled = if c.grad_clip > 0.0 {
                 // torch.nn.utils.clip_grad_norm_: g · max_norm / (norm + 1e−6) when norm > max_norm.
-                let scaled = ((&norm + 1e-6)?.recip()? * c.grad_clip)?;
-                let factor = norm.gt(c.grad_clip)?.where_cond(&scaled, &Tensor::new(1f32, &device)?)?;
-                g.broadcast_mul(&factor)?
+                let ratio = ((&norm + 1e-6)?.recip()? * c.grad_clip)?;
+                let one = Tensor::new(1f32, norm.device())?;
+                let factor = norm.gt(c.grad_clip)?.where_cond(&ratio, &one)?;
+                gathered.iter().map(|g| g.broadcast_mul(&factor)).collect::<Result<Vec<_>>>()?
             } else {
-                g.clone()
+                gathered.to_vec()
             };
-            (norm, g)
+            (norm, scaled)
         };
+        for (b, g) in gathered.iter().enumerate() {
+            self.update_buffer(b, g, present, lr)?;
+        }
+        Ok(norm)
+    }
+
+    /// The rule on buffer `b` with its clipped gradient `g`.
+    fn update_buffer(&mut self, b: usize, g: &Tensor, present: &[bool], lr: f64) -> Result<()> {
+        let c = self.config.clone();
         let t = self.steps as i32;
         let weight_decay = c.weight_decay;
         let lr_of = |group: &Group| lr * group.lr_scale;
         let wd_of = move |group: &Group| if group.decay { weight_decay } else { 0.0 };
-        let mut slots: Vec<Tensor> = self.state.iter().map(|s| s.as_tensor().clone()).collect();
+        let theta = self.buffers[b].masters.as_tensor().clone();
+        let mut slots: Vec<Tensor> = self.buffers[b].state.iter().map(|s| s.as_tensor().clone()).collect();
         let new = match c.optimizer {
             // Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2.
             OptimizerKind::AdamW => {
-                let keep = self.per_element(|g| 1.0 - lr_of(g) * wd_of(g))?;
-                let step_size = self.per_element(|g| lr_of(g) / (1.0 - c.beta1.powi(t)))?;
-                let m = ((&slots[0] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                let keep = self.per_element(b, |g| 1.0 - lr_of(g) * wd_of(g))?;
+                let step_size = self.per_element(b, |g| lr_of(g) / (1.0 - c.beta1.powi(t)))?;
+                let m = ((&slots[0] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
                 let v = ((&slots[1] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                 let denom = ((v.sqrt()? / (1.0 - c.beta2.powi(t)).sqrt())? + c.eps)?;
                 let new = ((&theta * keep)? - (m.div(&denom)? * step_size)?)?;
@@ -280,16 +315,16 @@ impl Optimizer {
             }
             // Duchi et al. 2011, as torch.optim.Adagrad (lr_decay 0, initial sum 0).
             OptimizerKind::Adagrad => {
-                let (lr, wd) = (self.per_element(lr_of)?, self.per_element(wd_of)?);
-                let g = (&g + (&theta * wd)?)?;
+                let (lr, wd) = (self.per_element(b, lr_of)?, self.per_element(b, wd_of)?);
+                let g = (g + (&theta * wd)?)?;
                 let sum = (&slots[0] + g.sqr()?)?;
                 let new = (&theta - ((g / (sum.sqrt()? + c.eps)?)? * lr)?)?;
                 slots = vec![sum];
                 new
             }
             OptimizerKind::Sgd => {
-                let (lr, wd) = (self.per_element(lr_of)?, self.per_element(wd_of)?);
-                let mut g = (&g + (&theta * wd)?)?;
+                let (lr, wd) = (self.per_element(b, lr_of)?, self.per_element(b, wd_of)?);
+                let mut g = (g + (&theta * wd)?)?;
                 if c.momentum != 0.0 {
                     let buf = ((&slots[0] * c.momentum)? + &g)?;
                     slots = vec![buf.clone()];
@@ -298,37 +333,38 @@ impl Optimizer {
                 (&theta - (g * lr)?)?
             }
         };
+        let flat = &self.buffers[b];
         let keep_old = |new: Tensor, old: &Tensor| -> Result<Tensor> {
-            if !missing {
+            if flat.members.iter().all(|&i| present[i]) {
                 return Ok(new);
             }
             // Parameters without a gradient keep their values and their state (as torch skips them).
-            let has: Vec<u8> = self
-                .params
+            let has: Vec<u8> = flat
+                .members
                 .iter()
-                .zip(present)
-                .flat_map(|(p, &has)| std::iter::repeat_n(u8::from(has), p.elem_count()))
+                .flat_map(|&i| std::iter::repeat_n(u8::from(present[i]), self.params[i].elem_count()))
                 .collect();
-            Tensor::new(has.as_slice(), &device)?.where_cond(&new, old)
+            Tensor::new(has.as_slice(), old.device())?.where_cond(&new, old)
         };
         let new = keep_old(new, &theta)?;
         let slots = slots
             .into_iter()
-            .zip(&self.state)
+            .zip(&flat.state)
             .map(|(s, old)| keep_old(s, old.as_tensor()))
             .collect::<Result<Vec<_>>>()?;
-        self.masters.set(&new)?;
-        for (var, value) in self.state.iter().zip(&slots) {
+        flat.masters.set(&new)?;
+        for (var, value) in flat.state.iter().zip(&slots) {
             var.set(value)?;
         }
-        Ok(norm)
+        Ok(())
     }
 
-    /// AdamW on the CPU: one fused pass per parameter over its slices of θ, m and v.
+    /// AdamW on the CPU: one fused pass per parameter over its slices of θ, m and v (one buffer).
     fn adamw_fused(&self, grads: &[Option<Tensor>], lr: f64, grad_scale: f32) -> Result<()> {
         let c = &self.config;
         let t = self.steps as i32;
-        let (m, v) = (self.state[0].as_tensor(), self.state[1].as_tensor());
+        let flat = &self.buffers[0];
+        let (m, v) = (flat.state[0].as_tensor(), flat.state[1].as_tensor());
         let work: Vec<(usize, usize, &Tensor, fused::Step)> = self
             .params
             .iter()
@@ -342,7 +378,7 @@ impl Optimizer {
                     .map(|g| (p.offset, p.elem_count(), g, fused::Step::adamw(c, lr, wd, t, grad_scale)))
             })
             .collect();
-        fused::adamw(self.masters.as_tensor(), m, v, &work)
+        fused::adamw(flat.masters.as_tensor(), m, v, &work)
     }
 
     /// Every state tensor, named `optim.<param>.<slot>`.
@@ -350,7 +386,7 @@ impl Optimizer {
         let slots = self.config.slots();
         let mut out = Vec::new();
         for p in &self.params {
-            for (slot, buffer) in slots.iter().zip(&self.state) {
+            for (slot, buffer) in slots.iter().zip(&self.buffers[p.buffer].state) {
                 let view = buffer.as_tensor().narrow(0, p.offset, p.elem_count())?.reshape(p.var.shape())?;
                 out.push((format!("optim.{}.{slot}", p.name), view));
             }
@@ -361,25 +397,28 @@ impl Optimizer {
     /// Restores what [`state`](Self::state) gave and the number of steps taken.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
         let slots = self.config.slots();
-        for (slot, buffer) in slots.iter().zip(&self.state) {
-            let mut parts = Vec::with_capacity(self.params.len());
-            for p in &self.params {
-                let name = format!("optim.{}.{slot}", p.name);
-                let v = tensors.get(&name).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "missing optimiser state `{name}` (was the checkpoint written with another optimizer?)"
-                    ))
-                })?;
-                if v.shape() != p.var.shape() {
-                    candle_core::bail!(
-                        "optimiser state `{name}` has shape {:?}, expected {:?}",
-                        v.dims(),
-                        p.var.dims()
-                    );
+        for flat in &self.buffers {
+            for (slot, buffer) in slots.iter().zip(&flat.state) {
+                let mut parts = Vec::with_capacity(flat.members.len());
+                for &i in &flat.members {
+                    let p = &self.params[i];
+                    let name = format!("optim.{}.{slot}", p.name);
+                    let v = tensors.get(&name).ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "missing optimiser state `{name}` (was the checkpoint written with another optimizer?)"
+                        ))
+                    })?;
+                    if v.shape() != p.var.shape() {
+                        candle_core::bail!(
+                            "optimiser state `{name}` has shape {:?}, expected {:?}",
+                            v.dims(),
+                            p.var.dims()
+                        );
+                    }
+                    parts.push(v.flatten_all()?.to_dtype(DType::F32)?);
                 }
-                parts.push(v.flatten_all()?.to_dtype(DType::F32)?);
+                buffer.set(&Tensor::cat(&parts, 0)?.to_device(buffer.device())?)?;
             }
-            buffer.set(&Tensor::cat(&parts, 0)?.to_device(buffer.device())?)?;
         }
         self.steps = steps;
         Ok(())

@@ -20,6 +20,9 @@ pub struct DenseSpec {
     /// σ of the baseline's N(0, σ) weight initialisation.
     pub std: f64,
     pub bias: bool,
+    /// The dtype the product runs in (bf16 under mixed precision; its weights are then a bf16
+    /// copy of f32 masters).
+    pub dtype: candle_core::DType,
 }
 
 /// A named tensor of a prod model.
@@ -127,7 +130,7 @@ pub struct KvCache {
 pub trait Recipe {
     /// Every dense layer: attention `c_attn`/`c_proj`, MLP `c_fc`/`c_proj`, and `lm_head`.
     fn dense(&self, spec: DenseSpec, vb: VarBuilder) -> Result<Box<dyn Dense>> {
-        Ok(Box::new(nn::linear(spec.in_dim, spec.out_dim, spec.std, spec.bias, vb)?))
+        Ok(Box::new(nn::dense(spec, vb)?))
     }
 
     /// The attention of block `layer`.

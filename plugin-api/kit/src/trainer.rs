@@ -216,7 +216,11 @@ struct Applied {
 /// micro-batch, whatever the number of parameters).
 enum Gradients {
     PerParam(Vec<Option<Tensor>>),
-    Gathered { sum: Option<Tensor>, present: Vec<bool> },
+    /// One sum per buffer of the store, and which parameters had a gradient.
+    Gathered {
+        sum: Option<Vec<Tensor>>,
+        present: Vec<bool>,
+    },
 }
 
 impl Gradients {
@@ -264,17 +268,16 @@ impl<E: Experiment> Trainer<E> {
         // TF32 matrix products (cuBLAS) in this copy of candle: on for tf32, off otherwise.
         candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
         let spec = ModelSpec {
-            gpt: config.gpt.clone(),
-            vocab_size: run.vocab_size,
-            context_length: run.context_length,
+            matmul_dtype: precision.compute_dtype(),
+            ..ModelSpec::new(config.gpt.clone(), run.vocab_size, run.context_length)
         };
         let params = ParamStore::new(run.seed);
-        let model = E::build(&spec, &config.own, params.var_builder(precision.compute_dtype(), &device))?;
+        let model = E::build(&spec, &config.own, params.var_builder(DType::F32, &device))?;
         params.finish()?;
         let options = params.params().iter().map(|p| model.param_options(&p.name)).collect();
         let optimizer = Optimizer::new(&config.optim, &params, options)?;
         let count = params.params().len();
-        let grads = if optimizer.takes_gathered_gradients(precision.compute_dtype()) {
+        let grads = if optimizer.takes_gathered_gradients() {
             Gradients::Gathered { sum: None, present: vec![false; count] }
         } else {
             Gradients::PerParam(vec![None; count])
@@ -401,7 +404,9 @@ impl<E: Experiment> Trainer<E> {
                     }
                     let gathered = self.optimizer.gather(&mine)?;
                     *sum = Some(match sum.take() {
-                        Some(s) => (s + gathered)?,
+                        Some(s) => {
+                            s.iter().zip(gathered).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?
+                        }
                         None => gathered,
                     });
                 }
@@ -516,7 +521,10 @@ impl<E: Experiment> Trainer<E> {
                 .zip(present)
                 .map(|(p, &has)| {
                     let g = sum.as_ref().filter(|_| has).and_then(|s| {
-                        s.narrow(0, p.offset, p.elem_count()).and_then(|g| g.reshape(p.var.shape())).ok()
+                        s[p.buffer]
+                            .narrow(0, p.offset, p.elem_count())
+                            .and_then(|g| g.reshape(p.var.shape()))
+                            .ok()
                     });
                     (p.name, g)
                 })
@@ -698,18 +706,24 @@ mod tests {
     #[test]
     fn state_round_trips_exactly() {
         let b = batch(2, 17, 4);
-        let mut a = trainer(3);
-        a.forward_backward(&b, 2, 17, 1.0 / 32.0).unwrap();
-        a.optimizer_step(1e-3).unwrap();
-        let state = a.save_state(HashMap::from([("note".into(), "x".into())])).unwrap();
-        let mut c = trainer(4); // another seed: every weight must come from the file
-        c.load_state(&state).unwrap();
-        for t in [&mut a, &mut c] {
-            t.forward_backward(&b, 2, 17, 1.0 / 32.0).unwrap();
-            t.optimizer_step(1e-3).unwrap();
+        for precision in [Precision::F32, Precision::Bf16Mixed] {
+            let make = |seed| {
+                let spec = RunSpec { precision, ..RunSpec::cpu(seed, 64, 16) };
+                Trainer::<Baseline>::new(&spec, CONFIG).unwrap()
+            };
+            let mut a = make(3);
+            a.forward_backward(&b, 2, 17, 1.0 / 32.0).unwrap();
+            a.optimizer_step(1e-3).unwrap();
+            let state = a.save_state(HashMap::from([("note".into(), "x".into())])).unwrap();
+            let mut c = make(4); // another seed: every weight must come from the file
+            c.load_state(&state).unwrap();
+            for t in [&mut a, &mut c] {
+                t.forward_backward(&b, 2, 17, 1.0 / 32.0).unwrap();
+                t.optimizer_step(1e-3).unwrap();
+            }
+            assert_eq!(a.evaluate(&b, 2, 17).unwrap(), c.evaluate(&b, 2, 17).unwrap(), "{precision}");
         }
-        assert_eq!(a.evaluate(&b, 2, 17).unwrap(), c.evaluate(&b, 2, 17).unwrap());
-        assert!(matches!(c.load_state(b"garbage"), Err(KitError::State(_))));
+        assert!(matches!(trainer(4).load_state(b"garbage"), Err(KitError::State(_))));
         assert!(matches!(
             Trainer::<Baseline>::new(&RunSpec::cpu(0, 64, 16), r#"{"n_embd": 30, "n_head": 4}"#),
             Err(KitError::Config(_))

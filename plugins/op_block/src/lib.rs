@@ -42,8 +42,8 @@ pub struct OpBlock {
 
 impl Block for OpBlock {
     fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let h = (x + (self.attn.forward(x, cache)? * self.scale)?)?;
-        &h + (self.mlp.forward(&h)? * self.scale)?
+        let h = nn::residual(x, &(self.attn.forward(x, cache)? * self.scale)?)?;
+        nn::residual(&h, &(self.mlp.forward(&h)? * self.scale)?)
     }
 }
 

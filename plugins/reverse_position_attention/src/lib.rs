@@ -56,8 +56,8 @@ impl Attention for ReversePositionAttention {
         let (b, h, tq, _) = q.dims4()?;
         let tk = k.dim(2)?;
         let content = q.matmul(&k.t()?)?; // (B, H, Tq, Tk)
-        let qp = q.broadcast_matmul(&self.p.unsqueeze(0)?)?; // (B, H, Tq, T_max)
-                                                             // distance[i, j] = (offset + i) − j for the keys a query sees; masked keys point at 0.
+        let qp = q.broadcast_matmul(&self.p.to_dtype(q.dtype())?.unsqueeze(0)?)?; // (B, H, Tq, T_max)
+                                                                                  // distance[i, j] = (offset + i) − j for the keys a query sees; masked keys point at 0.
         let distance: Vec<u32> =
             (0..tq).flat_map(|i| (0..tk).map(move |j| (offset + i).saturating_sub(j) as u32)).collect();
         let distance =

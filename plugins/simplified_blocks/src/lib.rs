@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn every_shaped_attention_starts_as_exactly_the_identity() {
         let gpt = GptConfig { n_layer: 3, n_embd: 32, n_head: 4, ..GptConfig::default() };
-        let spec = ModelSpec { gpt, vocab_size: 64, context_length: 16 };
+        let spec = ModelSpec::new(gpt, 64, 16);
         let store = ParamStore::new(0);
         let u = Tensor::randn(0f32, 1.0, (2, 9, 32), &Device::Cpu).unwrap();
         for form in [Form::Skipless, Form::SkiplessParallel] {

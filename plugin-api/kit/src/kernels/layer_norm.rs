@@ -20,14 +20,16 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     composed(x, w, b, eps)
 }
 
-/// The same with plain candle ops (CUDA, bf16); statistics in f32.
+/// The same with plain candle ops (CUDA, bf16): in f32 whatever the dtypes of x and the
+/// weights, returned in x's dtype.
 fn composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let x = f32(x)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
-    normed.broadcast_mul(w)?.broadcast_add(b)
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(&f32(w)?)?.broadcast_add(&f32(b)?)?.to_dtype(dtype)
 }
 
 /// Mean and 1/√(σ² + eps) of a row (two passes for accuracy).

@@ -23,11 +23,18 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     composed(x, w, b)
 }
 
-/// The same with plain candle ops (CUDA, bf16).
+/// The same with plain candle ops (CUDA, bf16). The bias enters as the product `1 bᵀ` of a
+/// column of ones and the bias row, so that its gradient `1ᵀ dy` is a matrix product too,
+/// accumulated in f32 and in a fixed order; as the backward of a broadcast add it would be a
+/// sum over the rows, which candle accumulates in the tensor's dtype (bf16 keeps 8 bits) and,
+/// on CUDA, with atomic adds in no fixed order.
 fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = x.matmul(&w.t()?)?;
     match b {
-        Some(b) => y.broadcast_add(b),
+        Some(b) => {
+            let ones = Tensor::ones((x.dim(0)?, 1), b.dtype(), b.device())?;
+            y + ones.matmul(&b.reshape((1, ()))?)?
+        }
         None => Ok(y),
     }
 }

@@ -2385,12 +2385,28 @@ impl BackendStorage for CpuStorage {
                     .iter()
                     .map(|&d| (src_dims[d], src_dims[d + 1..].iter().product::<usize>()))
                     .collect();
-                ReduceSum {
+                let sum = ReduceSum {
                     dst_shape: &dst_shape,
                     reduce_dims: &reduce_dims,
                     reduce_dims_and_stride,
+                };
+                // lmhost's patch: half-precision sums accumulate in f32 (a bias gradient sums
+                // thousands of rows; in bf16 each add keeps 8 bits), then narrow back.
+                match self {
+                    Self::BF16(v) => {
+                        let Self::F32(out) = sum.map(&Self::F32(v.to_f32_vec()), layout)? else {
+                            crate::bail!("sum dtype mismatch")
+                        };
+                        Ok(Self::BF16(Vec::from_f32_slice(&out)))
+                    }
+                    Self::F16(v) => {
+                        let Self::F32(out) = sum.map(&Self::F32(v.to_f32_vec()), layout)? else {
+                            crate::bail!("sum dtype mismatch")
+                        };
+                        Ok(Self::F16(Vec::from_f32_slice(&out)))
+                    }
+                    _ => sum.map(self, layout),
                 }
-                .map(self, layout)
             }
             ReduceOp::Min | ReduceOp::ArgMin | ReduceOp::Max | ReduceOp::ArgMax => {
                 let reduce_dim_index = match reduce_dims {
