@@ -51,8 +51,13 @@ pub struct DataManifest {
     pub settings: DataSettings,
     /// sha256 of every byte the source read.
     pub source_fingerprint: String,
-    /// sha256 of `tokenizer.json`.
+    /// sha256 of `tokenizer.json` as the tokenizers crate writes it.
     pub tokenizer_fingerprint: String,
+    /// sha256 of what decides the ids a text gets: the model (vocabulary and merges), the
+    /// normalizer, the pre-tokenizer and the added tokens ([`tokenizer_content`]); equal for a
+    /// tokenizer re-saved by `transformers`. Absent in caches made before it was recorded.
+    #[serde(default)]
+    pub tokenizer_content: Option<String>,
     /// The tokenizer's vocabulary size (BPE may stop below the request on a small corpus).
     pub vocab_size: usize,
     /// Bytes per stored id: 2 or 4.
@@ -145,6 +150,31 @@ fn cache_key(settings: &DataSettings, source: &Source) -> Result<String, DataErr
         "tokenizer": tokenizer,
     });
     Ok(format!("v{}-{}", settings.vocab_size, &hex(&Sha256::digest(recipe.to_string()))[..16]))
+}
+
+/// The fingerprint of what decides a tokenizer's ids: sha256 of its `model`, `normalizer`,
+/// `pre_tokenizer` and `added_tokens`, keys sorted. Formatting, the post-processor (which adds
+/// nothing here: lmhost encodes without special tokens) and the decoder do not count, so a
+/// `tokenizer.json` that `transformers` saved again is the same tokenizer.
+pub fn tokenizer_content(tokenizer_json: &str) -> Result<String, DataError> {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: std::collections::BTreeMap<&String, serde_json::Value> =
+                    m.iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::to_value(sorted).expect("a map of JSON values")
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let json: serde_json::Value = serde_json::from_str(tokenizer_json)
+        .map_err(|e| DataError::Tokenizer(format!("tokenizer.json is not JSON: {e}")))?;
+    let parts: Vec<String> = ["model", "normalizer", "pre_tokenizer", "added_tokens"]
+        .iter()
+        .map(|k| sorted(&json[k]).to_string())
+        .collect();
+    Ok(hex(&Sha256::digest(parts.join("\n"))))
 }
 
 /// Byte-level BPE (GPT-2's pre-tokenisation, no prefix space) trained on `texts`, with
@@ -308,6 +338,7 @@ fn build_cache(
         settings: settings.clone(),
         source_fingerprint: source.fingerprint()?,
         tokenizer_fingerprint: hex(&Sha256::digest(json.as_bytes())),
+        tokenizer_content: Some(tokenizer_content(&json)?),
         vocab_size,
         width,
         train_tokens: train.finish()?,

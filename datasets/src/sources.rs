@@ -183,11 +183,15 @@ fn hub_files(repo: &str, _: &str) -> Result<Vec<PathBuf>, DataError> {
     )))
 }
 
+/// The files of a folder source, every level down; an lmhost run folder (one with a `run.json`:
+/// its stats and checkpoints are not data) is left out.
 fn collect(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            collect(&path, extension, out)?;
+            if !path.join("run.json").is_file() {
+                collect(&path, extension, out)?;
+            }
         } else if path.extension().is_some_and(|e| e == extension) {
             out.push(path);
         }

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// backward, and the optimiser step (clipping included).
     #[arg(long)]
     phases: bool,
+    /// The device's dense peak in TFLOP/s for the precision trained, to print the model FLOPs
+    /// utilisation (H100/H200: 989 bf16, 495 tf32, 67 f32).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<bool> {
@@ -101,6 +105,17 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         rates[rates.len() - 1],
         peak_rss_mb().map(|m| format!("{m:.0}")).unwrap_or_else(|| "-".into())
     );
+    if let Some(peak) = args.peak_tflops {
+        // nanoGPT's estimate_mfu (PaLM, appendix B): 6N + 12·L·C·T per token.
+        let key = |k: &str| arm.model.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as f64;
+        let flops =
+            6.0 * counts.train as f64 + 12.0 * key("n_layer") * key("n_embd") * config.context_length as f64;
+        println!(
+            "mfu: {:.1}% ({:.3} GFLOP/token, peak {peak} TFLOP/s)",
+            100.0 * median * flops / (peak * 1e12),
+            flops / 1e9
+        );
+    }
     Ok(true)
 }
 

@@ -9,9 +9,12 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lmhost_kit::config::{FieldSpec, Knobs};
 
-use crate::config::{Override, Request, RunConfig, PRESETS};
-use crate::orchestrate::{self, RunPlan};
+use crate::config::{Request, RunConfig, PRESETS};
+use crate::orchestrate;
 use crate::plugin::{PluginDescription, PluginSource};
+use crate::request::parse_overrides;
+use crate::run_plan::RunPlan;
+use crate::worker::probe;
 use crate::workspace;
 
 #[derive(Parser)]
@@ -62,7 +65,13 @@ enum Command {
     /// Continue a run that stopped (interrupted, killed, failed) from its last checkpoint; its
     /// stats are rewound to that checkpoint, so no step is counted twice. Host key=value
     /// overrides (lr=…, steps=… to train a finished run further) apply from the checkpoint on.
-    Resume { run_dir: PathBuf, overrides: Vec<String> },
+    Resume {
+        run_dir: PathBuf,
+        overrides: Vec<String>,
+        /// Continue from the checkpoint of this step instead of the last one.
+        #[arg(long)]
+        from_step: Option<u64>,
+    },
     /// A model's logits for given token ids (a run, or hf:DIR), as safetensors: golden tests
     /// against other implementations.
     Logits(crate::logits_cmd::LogitsArgs),
@@ -84,11 +93,9 @@ enum Command {
     #[command(hide = true)]
     Worker {
         run_dir: PathBuf,
+        /// Continue from the step the last entry of `resumes` in its run.json names.
         #[arg(long)]
         resume: bool,
-        /// Host key=value overrides applied when resuming.
-        #[arg(long = "set")]
-        overrides: Vec<String>,
     },
     /// Load a plugin and resolve a request in this process (started by `run`).
     #[command(hide = true)]
@@ -110,6 +117,13 @@ struct RunArgs {
     /// List the runs (and which are already finished) without training anything.
     #[arg(long)]
     dry_run: bool,
+    /// Skip an arm whose finished twin is already in --runs-dir, and resume one that was
+    /// interrupted (a Slurm task of a sweep runs so, and runs again when requeued).
+    #[arg(long)]
+    skip_finished: bool,
+    /// Write no report at the end (a Slurm task: the sweep's compare job writes one over all).
+    #[arg(long)]
+    no_report: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -124,6 +138,19 @@ impl RunArgs {
             runs_root: self.common.runs_dir.clone(),
             cache_dir: self.common.cache_dir(),
             no_baseline: self.no_baseline,
+            retrain_baseline: self.common.retrain_baseline,
+        })
+    }
+
+    fn plan(&self, source: PluginSource) -> Result<RunPlan> {
+        Ok(RunPlan {
+            request: self.common.request(&self.overrides)?,
+            reuse_finished: self.skip_finished,
+            resume_interrupted: self.skip_finished,
+            no_baseline: self.no_baseline,
+            dry_run: self.dry_run,
+            report: !self.no_report,
+            ..self.common.plan(source)
         })
     }
 }
@@ -168,32 +195,33 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// The request made of these flags and `key=value` arguments (`variant=` picked out).
+    /// The request made of these flags and `key=value` arguments.
     pub fn request(&self, overrides: &[String]) -> Result<Request> {
-        let mut request = Request { preset: self.preset.clone(), variant: None, overrides: Vec::new() };
-        crate::config::preset(&self.preset)?;
-        for raw in overrides {
-            let o: Override = raw.parse()?;
-            if o.key == "variant" {
-                request.variant = Some(o.value);
-            } else {
-                request.overrides.push(o);
-            }
+        Request::new(&self.preset, self.device.as_deref(), overrides)
+    }
+
+    /// A plan of one run from these flags (its request and arms left to the caller).
+    fn plan(&self, source: PluginSource) -> RunPlan {
+        RunPlan {
+            source,
+            request: Request::default(),
+            runs_dir: self.runs_dir.clone(),
+            runs_root: self.runs_dir.clone(),
+            cache_dir: self.cache_dir(),
+            retrain_baseline: self.retrain_baseline,
+            since: crate::run_store::timestamp(),
+            no_baseline: false,
+            reuse_finished: false,
+            resume_interrupted: false,
+            dry_run: false,
+            sweep: false,
+            report: true,
         }
-        if let Some(device) = &self.device {
-            request.overrides.push(Override { key: "device".into(), value: device.clone() });
-        }
-        crate::hf_gpt2::complete_request(&mut request)?;
-        Ok(request)
     }
 
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(default_cache_dir)
     }
-}
-
-fn parse_overrides(raw: &[String]) -> Result<Vec<Override>> {
-    raw.iter().map(|o| o.parse()).collect()
 }
 
 pub(crate) fn default_cache_dir() -> PathBuf {
@@ -281,16 +309,7 @@ fn dispatch(command: Command) -> Result<bool> {
             if crate::sweep::is_sweep(&args.overrides) {
                 return args.sweep(source)?.run(args.dry_run);
             }
-            orchestrate::run(&RunPlan {
-                request: args.common.request(&args.overrides)?,
-                source,
-                runs_dir: args.common.runs_dir.clone(),
-                cache_dir: args.common.cache_dir(),
-                retrain_baseline: args.common.retrain_baseline,
-                no_baseline: args.no_baseline,
-                reuse_finished: false,
-                dry_run: args.dry_run,
-            })
+            orchestrate::run(&args.plan(source)?)
         }
         Command::Sweep(args) => {
             let source = workspace::resolve_plugin_arg(&args.run.plugin)?;
@@ -317,14 +336,8 @@ fn dispatch(command: Command) -> Result<bool> {
             let folder = demo_plugin_folder()?;
             let source = workspace::build_crate_folder(&folder)?;
             orchestrate::run(&RunPlan {
-                request: common.request(&overrides)?,
-                source,
-                runs_dir: common.runs_dir.clone(),
-                cache_dir: common.cache_dir(),
-                retrain_baseline: common.retrain_baseline,
-                no_baseline: false,
-                reuse_finished: false,
-                dry_run: false,
+                request: common.request(&demo_keys(&overrides))?,
+                ..common.plan(source)
             })
         }
         Command::Compare(args) => crate::report_cmd::compare_command(&args),
@@ -337,26 +350,31 @@ fn dispatch(command: Command) -> Result<bool> {
             crate::memory::keep_freed_memory();
             crate::bench::bench(&args)
         }
-        Command::Resume { run_dir, overrides } => {
-            orchestrate::resume(&run_dir, &parse_overrides(&overrides)?)
+        Command::Resume { run_dir, overrides, from_step } => {
+            crate::lineage::resume(&run_dir, &parse_overrides(&overrides)?, from_step)
         }
         Command::Logits(args) => crate::logits_cmd::logits_command(&args),
         Command::Interpolate(args) => crate::interpolate::interpolate_command(&args),
         Command::Branch { run_dir, at, children, overrides } => {
-            orchestrate::branch(&run_dir, at, children, &parse_overrides(&overrides)?)
+            crate::lineage::branch(&run_dir, at, children, &parse_overrides(&overrides)?)
         }
-        Command::Worker { run_dir, resume, overrides } => {
+        Command::Worker { run_dir, resume } => {
             crate::memory::keep_freed_memory();
-            crate::train::run_worker(&run_dir, resume, &parse_overrides(&overrides)?)?;
+            crate::train::run_worker(&run_dir, resume)?;
             Ok(true)
         }
         Command::Probe { source, request } => {
             let source: PluginSource = serde_json::from_str(&source).context("probe: bad source")?;
             let request: Request = serde_json::from_str(&request).context("probe: bad request")?;
-            println!("{}", serde_json::to_string(&orchestrate::probe_here(&source, &request))?);
+            println!("{}", serde_json::to_string(&crate::worker::probe_here(&source, &request))?);
             Ok(true)
         }
     }
+}
+
+/// The demo's keys: evaluated every 15 steps, so its plots have a curve, then the user's.
+fn demo_keys(overrides: &[String]) -> Vec<String> {
+    std::iter::once("eval_every=15".to_owned()).chain(overrides.iter().cloned()).collect()
 }
 
 /// `plugins/value_norm` of this checkout: from the current folder, else beside the binary
@@ -380,12 +398,14 @@ fn list() -> Result<bool> {
     let baseline = PluginDescription::builtin();
     println!("{:<22} {:<8} {:<34} summary", "plugin", "version", "variants");
     println!("{:<22} {:<8} {:<34} {}", "baseline (built-in)", baseline.version, "-", baseline.summary);
-    for (name, path) in workspace::discover(Path::new("plugins")) {
+    let folder =
+        workspace::plugin_folders().into_iter().find(|f| f.is_dir()).unwrap_or_else(|| "plugins".into());
+    for (name, path) in workspace::discover(&folder) {
         match path {
             None => {
                 println!("{name:<22} {:<8} {:<34} not built: cargo build --release --workspace", "-", "-")
             }
-            Some(path) => match orchestrate::probe(
+            Some(path) => match probe(
                 &PluginSource::Library { path: path.clone() },
                 &Request { preset: "tiny".into(), ..Request::default() },
             ) {
@@ -417,9 +437,7 @@ fn describe(arg: &str) -> Result<bool> {
     let source = workspace::resolve_plugin_arg(arg)?;
     let d = match &source {
         PluginSource::Builtin => PluginDescription::builtin(),
-        other => {
-            orchestrate::probe(other, &Request { preset: "tiny".into(), ..Request::default() })?.description
-        }
+        other => probe(other, &Request { preset: "tiny".into(), ..Request::default() })?.description,
     };
     println!(
         "{} {} (plugin-api {}){}",

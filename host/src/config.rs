@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::plugin::PluginDescription;
+pub use crate::request::{Override, Request};
 use lmhost_kit::precision::Precision;
 
 /// Keys that were replaced, with what to use instead.
@@ -58,17 +59,22 @@ lmhost_kit::knobs! {
         /// Learning rate at the end of the decay, as a fraction of lr.
         pub min_lr_ratio: f64 = 0.1,
         /// Evaluate every N steps (and before the first and after the last).
+        #[observes = true]
         pub eval_every: u64 = 50,
         /// Validation windows of context_length tokens; the same windows for every run.
         pub eval_windows: usize = 32,
         /// Write a checkpoint every N steps (and one of the initialisation, at step 0); 0 writes
         /// only the final one.
+        #[observes = true]
         pub checkpoint_every: u64 = 0,
         /// Keep only the last N step checkpoints (0 keeps them all).
+        #[observes = true]
         pub keep_checkpoints: u64 = 0,
         /// Also keep checkpoints/best.safetensors: the state at the lowest validation loss so far.
+        #[observes = true]
         pub keep_best: bool = false,
         /// Print progress and flush stats every N steps.
+        #[observes = true]
         pub log_every: u64 = 10,
         /// Seeds initialisation and data order; the same for both arms.
         pub seed: u64 = 1,
@@ -203,39 +209,6 @@ pub fn preset(name: &str) -> Result<&'static [(&'static str, &'static str)]> {
     })
 }
 
-/// One `key=value` from the command line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Override {
-    pub key: String,
-    pub value: String,
-}
-
-impl std::str::FromStr for Override {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let (key, value) =
-            s.split_once('=').with_context(|| format!("`{s}` is not key=value (e.g. lr=6e-4)"))?;
-        if key.is_empty() {
-            bail!("`{s}` has an empty key");
-        }
-        Ok(Self { key: key.trim().to_owned(), value: value.trim().to_owned() })
-    }
-}
-
-/// A command-line value as the JSON its field's kind expects.
-pub fn typed_value(field: &FieldSpec, raw: &str) -> Result<Value> {
-    let bad = |what: &str| anyhow::anyhow!("{}={raw}: expected {what}", field.name);
-    Ok(match field.kind.as_str() {
-        "int" => Value::from(raw.replace('_', "").parse::<u64>().map_err(|_| bad("a non-negative integer"))?),
-        "float" => Value::from(raw.parse::<f64>().map_err(|_| bad("a number"))?),
-        "bool" => Value::from(raw.parse::<bool>().map_err(|_| bad("true or false"))?),
-        "enum" if !field.choices.iter().any(|c| c == raw) => {
-            return Err(bad(&format!("one of {}", field.choices.join(", "))))
-        }
-        _ => Value::from(raw),
-    })
-}
-
 /// One arm's resolved config: the host's part and the model's part (sent to the plugin).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmConfig {
@@ -252,39 +225,55 @@ impl ArmConfig {
     pub fn flat(&self) -> BTreeMap<String, Value> {
         self.run.iter().chain(&self.model).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
+
+    /// The config without the keys that only observe: what identifies the arm's numbers (its
+    /// fingerprint, whether a finished twin can stand in for it).
+    pub fn identity(&self) -> ArmConfig {
+        let observing = observing_keys();
+        let keep = |m: &Map<String, Value>| -> Map<String, Value> {
+            m.iter().filter(|(k, _)| !observing.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        ArmConfig { run: keep(&self.run), model: keep(&self.model) }
+    }
 }
 
-/// What the user asked for, before it meets a plugin.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Request {
-    pub preset: String,
-    pub variant: Option<String>,
-    pub overrides: Vec<Override>,
+/// The keys declared `#[observes]`, the host's and the kit's: they never change a run's numbers.
+pub fn observing_keys() -> Vec<String> {
+    RunConfig::fields()
+        .into_iter()
+        .chain(lmhost_kit::trainer::kit_fields())
+        .filter(|f| f.observes)
+        .map(|f| f.name)
+        .collect()
 }
 
-/// Resolves `request` for a plugin: returns the arm's config (model part not yet validated by
-/// the plugin) and the override keys this plugin does not know.
+/// Resolves `request` for a plugin, in layers, each over the one before: the defaults, the
+/// preset, the variant, the architecture an `init=hf:DIR` folder implies, the user's overrides,
+/// and the steps a `plan=` implies. Returns the arm's config (its model part not yet validated
+/// by the plugin) and the override keys this plugin does not know.
 pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(ArmConfig, Vec<String>)> {
     let host_fields = RunConfig::fields();
-    let mut run = RunConfig::default().to_map();
-    let mut model: Map<String, Value> = Map::new();
-    let set =
-        |key: &str, value: Value, run: &mut Map<String, Value>, model: &mut Map<String, Value>| -> bool {
-            if host_fields.iter().any(|f| f.name == key) {
-                run.insert(key.to_owned(), value);
-                true
-            } else if plugin.fields.iter().any(|f| f.name == key) {
-                model.insert(key.to_owned(), value);
-                true
-            } else {
-                false
-            }
+    let field = |key: &str| host_fields.iter().chain(&plugin.fields).find(|f| f.name == key);
+    let mut config = ArmConfig { run: RunConfig::default().to_map(), model: Map::new() };
+    // A key neither the host nor the plugin declares is not set (the other arm may declare it).
+    let mut set = |key: &str, value: Value| -> bool {
+        let part = if host_fields.iter().any(|f| f.name == key) {
+            &mut config.run
+        } else if plugin.fields.iter().any(|f| f.name == key) {
+            &mut config.model
+        } else {
+            return false;
         };
-    let field = |key: &str| host_fields.iter().chain(&plugin.fields).find(|f| f.name == key).cloned();
+        part.insert(key.to_owned(), value);
+        true
+    };
+    let parse = |key: &str, raw: &str| -> Result<Option<Value>> {
+        field(key).map(|f| f.parse(raw).map_err(|e| anyhow::anyhow!(e))).transpose()
+    };
 
     for (key, raw) in preset(&request.preset)? {
-        if let Some(f) = field(key) {
-            set(key, typed_value(&f, raw)?, &mut run, &mut model);
+        if let Some(value) = parse(key, raw)? {
+            set(key, value);
         }
     }
     if let Some(name) = &request.variant {
@@ -297,9 +286,14 @@ pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(Arm
             }
         })?;
         for (key, value) in &variant.overrides {
-            if !set(key, value.clone(), &mut run, &mut model) {
+            if !set(key, value.clone()) {
                 bail!("variant `{name}` of {} sets `{key}`, which the plugin does not declare", plugin.name);
             }
+        }
+    }
+    for (key, raw) in crate::hf_gpt2::implied_keys(request)? {
+        if let Some(value) = parse(&key, &raw)? {
+            set(&key, value);
         }
     }
     let mut unknown = Vec::new();
@@ -307,33 +301,43 @@ pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(Arm
         if let Some((_, instead)) = RETIRED.iter().find(|(key, _)| *key == o.key) {
             bail!("{instead}");
         }
-        match field(&o.key) {
-            Some(f) => {
-                set(&o.key, typed_value(&f, &o.value)?, &mut run, &mut model);
+        match parse(&o.key, &o.value)? {
+            Some(value) => {
+                set(&o.key, value);
             }
             None => unknown.push(o.key.clone()),
         }
     }
-    let mut config = ArmConfig { run, model };
     let resolved = config.run_config()?;
     resolved.check()?;
+    if !resolved.plan.is_empty() {
+        if request.get("steps").is_some() {
+            bail!("steps follows from the plan's token budgets; leave steps out when plan= is given");
+        }
+        let steps =
+            crate::plan::Plan::load(std::path::Path::new(&resolved.plan))?.steps(resolved.tokens_per_step());
+        config.run.insert("steps".into(), Value::from(steps));
+    }
     // `auto` becomes what it means on the device, so the run records the arithmetic it used.
     let precision = resolved.precision.resolve(&resolved.device);
     config.run.insert("precision".into(), Value::from(precision.as_str()));
     Ok((config, unknown))
 }
 
-/// Sets host keys (seed, lr, steps, …) in `config` and checks the result; a model key is refused,
-/// since the run's weights already fix the model (`what` names the command, for the error).
-pub fn apply_host_overrides(config: &mut ArmConfig, overrides: &[Override], what: &str) -> Result<()> {
+/// `config` with host keys (seed, lr, steps, …) changed, checked: what a resume or a branch
+/// trains under. A model key is refused, since the run's weights fix the model (`what` names
+/// the command, for the error).
+pub fn with_host_overrides(config: &ArmConfig, overrides: &[Override], what: &str) -> Result<ArmConfig> {
     let host_fields = RunConfig::fields();
+    let mut changed = config.clone();
     for o in overrides {
         let Some(field) = host_fields.iter().find(|f| f.name == o.key) else {
             bail!("{}: {what} keeps the run's model; only host keys (seed, lr, steps, …) can change", o.key);
         };
-        config.run.insert(o.key.clone(), typed_value(field, &o.value)?);
+        changed.run.insert(o.key.clone(), field.parse(&o.value).map_err(|e| anyhow::anyhow!(e))?);
     }
-    config.run_config()?.check()
+    changed.run_config()?.check()?;
+    Ok(changed)
 }
 
 /// An error for override keys that no arm declares, with the nearest declared name.

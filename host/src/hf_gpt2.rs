@@ -15,7 +15,7 @@ use lmhost_kit::candle::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::config::{Override, Request};
+use crate::config::Request;
 use crate::run_store::write_atomic;
 
 /// The fields of a `config.json` that fix the architecture.
@@ -40,6 +40,17 @@ pub struct HfGpt2Config {
     pub scale_attn_weights: bool,
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// Dropout rates (transformers' defaults are 0.1); lmhost trains without dropout.
+    #[serde(default = "gpt2_dropout")]
+    pub resid_pdrop: f64,
+    #[serde(default = "gpt2_dropout")]
+    pub embd_pdrop: f64,
+    #[serde(default = "gpt2_dropout")]
+    pub attn_pdrop: f64,
+}
+
+fn gpt2_dropout() -> f64 {
+    0.1
 }
 
 fn gelu_new() -> String {
@@ -97,15 +108,13 @@ impl HfGpt2Config {
     }
 }
 
-/// With `init=hf:DIR`, makes the path absolute (workers and resumes may run elsewhere) and adds
-/// the folder's architecture and tokenizer to the request; a key the user set to something else
-/// is an error, since the weights would not fit.
-pub fn complete_request(request: &mut Request) -> Result<()> {
-    let Some(init) = request.overrides.iter_mut().rfind(|o| o.key == "init") else { return Ok(()) };
-    let Some(dir) = init.value.strip_prefix("hf:") else { return Ok(()) };
-    let dir = std::path::absolute(dir)?;
-    init.value = format!("hf:{}", dir.display());
-    let mut implied: Vec<(String, String)> = HfGpt2Config::read(&dir)?
+/// With `init=hf:DIR` (made absolute by [`Request::new`]), the keys the folder implies: its
+/// architecture and its tokenizer. A key the user set to something else is an error, since the
+/// weights would not fit.
+pub fn implied_keys(request: &Request) -> Result<Vec<(String, String)>> {
+    let Some(dir) = request.get("init").and_then(|v| v.strip_prefix("hf:")) else { return Ok(Vec::new()) };
+    let dir = Path::new(dir);
+    let mut implied: Vec<(String, String)> = HfGpt2Config::read(dir)?
         .model_keys()?
         .into_iter()
         .map(|(k, v)| (k, v.as_str().map_or(v.to_string(), str::to_owned)))
@@ -114,18 +123,31 @@ pub fn complete_request(request: &mut Request) -> Result<()> {
     if tokenizer.is_file() {
         implied.push(("tokenizer".into(), tokenizer.display().to_string()));
     }
-    for (key, value) in implied {
-        match request.overrides.iter().find(|o| o.key == key) {
-            Some(given) if given.value != value => bail!(
-                "{key}={} conflicts with init=hf:{}, whose {key} is {value}; drop {key}=",
-                given.value,
+    for (key, value) in &implied {
+        if let Some(given) = request.get(key).filter(|given| given != value) {
+            bail!(
+                "{key}={given} conflicts with init=hf:{}, whose {key} is {value}; drop {key}=",
                 dir.display()
-            ),
-            Some(_) => {}
-            None => request.overrides.insert(0, Override { key, value }),
+            );
         }
     }
-    Ok(())
+    Ok(implied)
+}
+
+/// A line for the user when an `init=hf:DIR` folder trains with dropout, which lmhost does not
+/// have (GPT-2's config.json says 0.1).
+pub fn dropout_note(init: &str) -> Option<String> {
+    let dir = Path::new(init.strip_prefix("hf:")?);
+    let c = HfGpt2Config::read(dir).ok()?;
+    let rates = [("resid_pdrop", c.resid_pdrop), ("embd_pdrop", c.embd_pdrop), ("attn_pdrop", c.attn_pdrop)];
+    let set: Vec<String> = rates.iter().filter(|(_, p)| *p > 0.0).map(|(k, p)| format!("{k} {p}")).collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "note: {}'s config has dropout ({}); lmhost trains without dropout",
+            dir.display(),
+            set.join(", ")
+        )
+    })
 }
 
 /// The Conv1D weights, stored transposed.

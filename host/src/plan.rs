@@ -128,6 +128,11 @@ impl Plan {
     }
 
     /// Each stage's place on the steps, with `caches[i]` the token cache of its sources.
+    /// The run's steps: each stage's tokens rounded up to whole steps.
+    pub fn steps(&self, tokens_per_step: u64) -> u64 {
+        self.stages.iter().map(|s| s.tokens.div_ceil(tokens_per_step)).sum()
+    }
+
     pub fn spans(&self, tokens_per_step: u64, caches: Vec<Vec<PathBuf>>) -> Vec<StageSpan> {
         let mut first = 1;
         self.stages

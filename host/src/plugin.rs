@@ -85,6 +85,10 @@ impl PluginDescription {
                 .config_fields
                 .iter()
                 .map(|f| FieldSpec {
+                    // The ABI does not carry it; the kit's own knobs are the ones that observe.
+                    observes: lmhost_kit::trainer::kit_fields()
+                        .iter()
+                        .any(|k| k.name == f.name.as_str() && k.observes),
                     name: f.name.to_string(),
                     kind: f.kind.to_string(),
                     default: serde_json::from_str(f.default_json.as_str()).unwrap_or(Value::Null),

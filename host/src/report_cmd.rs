@@ -68,6 +68,7 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
         },
         smoothing: args.smooth,
         force: args.force,
+        observing: crate::config::observing_keys(),
     };
     let (tables, dirs): (Vec<PathBuf>, Vec<PathBuf>) =
         dirs.into_iter().partition(|d| reports::is_interpolation(d));
@@ -96,15 +97,28 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
     Ok(true)
 }
 
-/// Writes the comparison of the arms that logged anything, at the end of `lmhost run`.
-pub fn report_after_run(dirs: &[PathBuf], name: &str) -> Result<PathBuf> {
+/// The comparison of the runs in `dirs` that logged anything, as a run's end shows it.
+fn after_run(dirs: &[PathBuf]) -> Result<reports::Comparison> {
     let runs: Vec<reports::Run> = dirs.iter().filter_map(|d| reports::Run::load(d).ok()).collect();
     if runs.is_empty() {
         bail!("no arm logged any stats");
     }
-    let comparison = reports::Comparison::new(runs, CompareOptions::default())?;
-    let files = reports::report::write_report(&comparison, &fresh_dir(Path::new("reports"), name))?;
+    let options = CompareOptions { observing: crate::config::observing_keys(), ..CompareOptions::default() };
+    Ok(reports::Comparison::new(runs, options)?)
+}
+
+/// Writes the comparison at the end of `lmhost run`, into `reports/<name>` (a fresh name).
+pub fn report_after_run(dirs: &[PathBuf], name: &str, reports: &Path) -> Result<PathBuf> {
+    let files = reports::report::write_report(&after_run(dirs)?, &fresh_dir(reports, name))?;
     Ok(files.html)
+}
+
+/// Prints the comparison table of `dirs` (a sweep's end: its groups across their seeds).
+pub fn print_comparison(dirs: &[PathBuf]) {
+    match after_run(dirs) {
+        Ok(c) => print_summary(&c),
+        Err(e) => eprintln!("note: no comparison: {e:#}"),
+    }
 }
 
 fn print_summary(c: &reports::Comparison) {

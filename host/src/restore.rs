@@ -105,21 +105,5 @@ impl Trained {
 
 /// The checkpoint of the highest step.
 pub fn last_checkpoint(dir: &Path) -> Result<PathBuf> {
-    step_checkpoints(dir)
-        .pop()
-        .with_context(|| format!("{} has no checkpoint (did it finish a step?)", dir.display()))
-}
-
-/// A run's `checkpoints/step_NNNNNN.safetensors` files, oldest first (`best.safetensors` aside).
-pub fn step_checkpoints(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
+    Ok(crate::checkpoints::Checkpoints::of(dir).last()?.1)
 }

@@ -193,7 +193,7 @@ impl ResumeRecord {
 impl RunRecord {
     pub fn compute_fingerprint(&self) -> String {
         let identity = serde_json::json!({
-            "config": self.config,
+            "config": self.config.identity(),
             "plugin": [&self.plugin.name, &self.plugin.version, &self.plugin.variant, &self.plugin.sha256],
             "data": [&self.data.manifest.tokenizer_fingerprint, &self.data.manifest.val_fingerprint, self.data.manifest.train_tokens],
             "host": [&self.host.version, &self.host.binary_sha256],
@@ -235,16 +235,72 @@ impl RunStore {
         unreachable!()
     }
 
-    /// The newest finished run with this fingerprint, to reuse instead of training again.
-    pub fn find_finished(&self, fingerprint: &str) -> Option<(PathBuf, RunRecord)> {
-        let mut found: Vec<(PathBuf, RunRecord)> = fs::read_dir(&self.root)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| read_record(&e.path()).ok().map(|r| (e.path(), r)))
-            .filter(|(_, r)| r.status == Status::Finished && r.fingerprint == fingerprint)
-            .collect();
+    /// Every run with this fingerprint, oldest first, in this folder and in the sweep folders
+    /// it holds (a folder of runs without a `run.json` of its own).
+    pub fn twins(&self, fingerprint: &str) -> Vec<(PathBuf, RunRecord)> {
+        let subfolders = |dir: &Path| -> Vec<PathBuf> {
+            fs::read_dir(dir)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+                .unwrap_or_default()
+        };
+        let mut found: Vec<(PathBuf, RunRecord)> = Vec::new();
+        for dir in subfolders(&self.root) {
+            if dir.join("run.json").is_file() {
+                found.extend(read_record(&dir).ok().map(|r| (dir, r)));
+            } else {
+                found.extend(
+                    subfolders(&dir).into_iter().filter_map(|d| read_record(&d).ok().map(|r| (d, r))),
+                );
+            }
+        }
+        found.retain(|(_, r)| r.fingerprint == fingerprint);
         found.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
-        found.pop()
+        found
+    }
+}
+
+/// The lock of a run a worker is training: `<run>/lock`, held with `flock` for the worker's
+/// life and holding its pid. The kernel releases it when the process ends however it ends, so a
+/// killed run's lock is stale by itself; a second process that would write the same folder
+/// (a resume, a branch into it) is refused while the lock is held.
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of `dir`, or says which process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        use std::io::{Seek, Write};
+        use std::os::fd::AsRawFd;
+        let path = dir.join("lock");
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // Safety: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "{} is being trained by process {} right now; wait for it to end (or stop it) first",
+                dir.display(),
+                pid.trim()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(Self { _file: file })
+    }
+
+    /// Fails, naming the process, when a live worker holds the lock of `dir`.
+    pub fn check_free(dir: &Path) -> Result<()> {
+        if dir.join("lock").is_file() {
+            Self::acquire(dir)?; // dropped at once: only a test
+        }
+        Ok(())
     }
 }
 
@@ -263,11 +319,19 @@ pub fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {
     write_atomic(&dir.join("run.json"), text.as_bytes())
 }
 
+/// Writes `path` through a temporary file beside it and a rename, so it is whole or absent. A
+/// write that fails (a full disk) removes the temporary file, leaving the room it took, and the
+/// error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let written = fs::write(&tmp, bytes)
+        .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {

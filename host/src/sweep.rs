@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::config::{resolve_arm, Request};
-use crate::orchestrate::{self, RunPlan};
+use crate::orchestrate;
 use crate::plugin::{PluginDescription, PluginSource};
+use crate::run_plan::RunPlan;
 
 /// One swept key and its values, in the order given.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +107,9 @@ pub struct Sweep {
     pub runs_root: PathBuf,
     pub cache_dir: PathBuf,
     pub no_baseline: bool,
+    /// Train each distinct baseline again (once per invocation: a point that shares one with
+    /// an earlier point reuses the run just trained).
+    pub retrain_baseline: bool,
 }
 
 impl Sweep {
@@ -124,34 +128,34 @@ impl Sweep {
     }
 
     fn request(&self, point: &[String]) -> Result<Request> {
-        let common = crate::cli::CommonArgs {
-            preset: self.preset.clone(),
-            device: self.device.clone(),
-            runs_dir: self.runs_dir(),
-            cache_dir: Some(self.cache_dir.clone()),
-            retrain_baseline: false,
-        };
-        common.request(point)
+        Request::new(&self.preset, self.device.as_deref(), point)
     }
 
-    fn plan(&self, point: &[String], dry_run: bool) -> Result<RunPlan> {
+    fn plan(&self, point: &[String], dry_run: bool, since: &str) -> Result<RunPlan> {
         Ok(RunPlan {
             source: self.source.clone(),
             request: self.request(point)?,
             runs_dir: self.runs_dir(),
+            runs_root: self.runs_root.clone(),
             cache_dir: self.cache_dir.clone(),
-            retrain_baseline: false,
+            retrain_baseline: self.retrain_baseline,
+            since: since.to_owned(),
             no_baseline: self.no_baseline,
             reuse_finished: true,
+            resume_interrupted: false,
             dry_run,
+            sweep: true,
+            report: false,
         })
     }
 
-    /// Trains every run in turn (finished ones are skipped), then writes one report over all.
-    /// A dry run lists the runs and whether each is finished.
+    /// Trains every run in turn (finished ones are skipped, interrupted ones resumed), then
+    /// writes one report over all and prints its comparison. A dry run lists the runs and
+    /// whether each is finished.
     pub fn run(&self, dry_run: bool) -> Result<bool> {
         let n = self.points.len();
         println!("sweep:{} runs:{n} folder:{}", self.name(), self.runs_dir().display());
+        let since = crate::run_store::timestamp();
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut all_ok = true;
         for (i, point) in self.points.iter().enumerate() {
@@ -160,7 +164,7 @@ impl Sweep {
                 return Ok(false);
             }
             println!("sweep:{}/{n} {}", i + 1, point.join(" "));
-            let trained = orchestrate::train(&self.plan(point, dry_run)?)
+            let trained = orchestrate::train(&self.plan(point, dry_run, &since)?)
                 .with_context(|| format!("sweep run {} ({})", i + 1, point.join(" ")))?;
             all_ok &= trained.all_ok;
             for dir in trained.dirs {
@@ -170,7 +174,9 @@ impl Sweep {
             }
         }
         if !dry_run {
-            orchestrate::report(&dirs, &self.name());
+            println!("\nsweep:{} the comparison of its groups, across their seeds:", self.name());
+            crate::report_cmd::print_comparison(&dirs);
+            orchestrate::report(&dirs, &self.name(), &self.runs_root);
         }
         Ok(all_ok)
     }
@@ -189,8 +195,8 @@ impl Sweep {
                 // The baseline's arm: the overrides it declares (a variant or a plugin-only key is not its business).
                 let request = Request { variant: None, ..self.request(point)? };
                 let (config, unknown) = resolve_arm(&builtin, &request)?;
-                if !baselines.contains(&config) {
-                    baselines.push(config);
+                if !baselines.contains(&config.identity()) {
+                    baselines.push(config.identity());
                     let known = point.iter().filter(|o| {
                         let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k);
                         key != "variant" && !unknown.iter().any(|u| u == key)
@@ -236,6 +242,10 @@ impl Sweep {
         if let Some(g) = &slurm.gpus {
             writeln!(w, "#SBATCH --gpus={g}")?;
         }
+        // SIGTERM two minutes before the limit: the run checkpoints and stops `interrupted`,
+        // and the requeued task resumes it.
+        writeln!(w, "#SBATCH --signal=TERM@120")?;
+        writeln!(w, "#SBATCH --requeue")?;
         writeln!(w, "set -euo pipefail")?;
         writeln!(w, "LMHOST=${{LMHOST:-{}}}", quote(&abs(lmhost).display().to_string()))?;
         writeln!(w, "RUNS_DIR={}", quote(&runs_dir.display().to_string()))?;
@@ -255,7 +265,7 @@ impl Sweep {
             let args: Vec<String> = rest.iter().map(|a| quote(a)).collect();
             writeln!(
                 w,
-                "task_{i}() {{ \"$LMHOST\" run {} {} --runs-dir \"$RUNS_DIR\" {} \"$@\"; }}",
+                "task_{i}() {{ \"$LMHOST\" run {} {} --runs-dir \"$RUNS_DIR\" --skip-finished --no-report {} \"$@\"; }}",
                 quote(plugin),
                 common.join(" "),
                 args.join(" ")
@@ -270,7 +280,7 @@ impl Sweep {
         writeln!(
             w,
             "  runs=(\"$RUNS_DIR\"/*/run.json)\n  exec \"$LMHOST\" compare \"${{runs[@]%/run.json}}\" --out {} --overwrite",
-            quote(&abs(&Path::new("reports").join(&name)).display().to_string())
+            quote(&abs(&orchestrate::reports_dir(&self.runs_root).join(&name)).display().to_string())
         )?;
         writeln!(w, "else")?;
         writeln!(
@@ -278,11 +288,11 @@ impl Sweep {
             "  mkdir -p {}  # Slurm does not create the log folder",
             quote(&logs.display().to_string())
         )?;
-        writeln!(w, "  task_0 --dry-run >/dev/null  # tokenise once here, not in every task at once")?;
-        writeln!(w, "  array=$(sbatch --parsable \"$0\")")?;
+        writeln!(w, "  task_0 --dry-run \"$@\" >/dev/null  # tokenise once here, not in every task at once")?;
+        writeln!(w, "  array=$(sbatch --parsable \"$0\" \"$@\")")?;
         writeln!(
             w,
-            "  report=$(sbatch --parsable --array=0 --dependency=afterany:\"${{array%%;*}}\" --job-name={name}-compare --export=ALL,LMHOST_SWEEP_STAGE=compare \"$0\")"
+            "  report=$(sbatch --parsable --array=0 --dependency=afterany:\"${{array%%;*}}\" --job-name={name}-compare --export=ALL,LMHOST_SWEEP_STAGE=compare \"$0\" \"$@\")"
         )?;
         writeln!(w, "  echo \"submitted array job $array ({} runs) and compare job $report\"", tasks.len())?;
         writeln!(w, "fi")?;
@@ -381,6 +391,7 @@ mod tests {
             runs_root: "runs".into(),
             cache_dir: "cache".into(),
             no_baseline: false,
+            retrain_baseline: false,
         };
         assert_eq!(sweep("lr=1,2").name(), sweep("lr=1,2").name());
         assert_ne!(sweep("lr=1,2").name(), sweep("lr=1,3").name());

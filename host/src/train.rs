@@ -11,11 +11,12 @@ use datasets::{mixed_batch, validation_windows, PreparedData};
 use plugin_api::{BatchStats, StepSettings, StepStats, TokenBatch};
 use reports::{Split, StatsRow, StatsWriter};
 
-use crate::config::{Override, RunConfig};
+use crate::checkpoints::Checkpoints;
+use crate::config::RunConfig;
 use crate::events::{emit, Event};
 use crate::model::Model;
 use crate::plugin::{Plugin, PluginSource};
-use crate::run_store::{self, write_atomic, RunRecord, RunResult, Status};
+use crate::run_store::{self, RunRecord, RunResult, Status};
 use crate::schedule::LrSchedule;
 
 /// Why training stopped before its last step.
@@ -30,17 +31,16 @@ pub enum Stop {
 }
 
 /// Runs the arm described by `dir/run.json` to its end, keeping `run.json` and the stats
-/// current, and reporting progress as [`Event`]s on stdout. A resumed run first takes the host
-/// keys in `overrides`.
-pub fn run_worker(dir: &Path, resume: bool, overrides: &[Override]) -> Result<()> {
+/// current, and reporting progress as [`Event`]s on stdout. A resumed run continues from the
+/// step its last `resumes` entry names, under the config `lmhost resume` recorded.
+pub fn run_worker(dir: &Path, resume: bool) -> Result<()> {
+    // Held until this process ends: a second process cannot write this run while it trains.
+    let _lock = run_store::RunLock::acquire(dir)?;
     let mut record = run_store::read_record(dir)?;
-    if !overrides.is_empty() {
-        crate::config::apply_host_overrides(&mut record.config, overrides, "resume")?;
-        record.fingerprint = record.compute_fingerprint();
-    }
     record.status = Status::Running;
     run_store::write_record(dir, &record)?;
-    let outcome = setup_and_train(dir, &mut record, resume.then_some(overrides));
+    crate::interrupt::set_run(dir);
+    let outcome = setup_and_train(dir, &mut record, resume);
     let (status, error) = match &outcome {
         Ok(()) => (Status::Finished, None),
         Err(e) => match e.downcast_ref::<Stop>() {
@@ -64,8 +64,7 @@ pub fn run_worker(dir: &Path, resume: bool, overrides: &[Override]) -> Result<()
     }
 }
 
-/// `resume`: the overrides of a resumed run; none for a fresh one.
-fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override]>) -> Result<()> {
+fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<()> {
     if let (PluginSource::Library { path }, Some(expected)) = (&record.plugin.source, &record.plugin.sha256) {
         if &run_store::sha256_file(path)? != expected {
             anyhow::bail!("{} changed since this run was set up; start a new run", path.display());
@@ -82,12 +81,12 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
     let mut model = Model::new(model, &plugin.description.api_version);
-    if resume.is_none() && !config.init.is_empty() {
+    if !resume && !config.init.is_empty() {
         load_init(&mut model, &config)?;
     }
     let stats_path = dir.join("stats.arrows");
-    let (stats, start) = if let Some(overrides) = resume {
-        resume_point(dir, record, &mut model, &config, overrides)?
+    let (stats, start) = if resume {
+        resume_point(dir, record, &mut model, &config)?
     } else {
         (StatsWriter::create(&stats_path, &stats_identity(record))?, Start::default())
     };
@@ -111,6 +110,10 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: Option<&[Override
     };
     let result = training.run(record);
     training.stats.take().map(|s| s.finish()).transpose()?;
+    // The same rows as a file pandas, polars and DuckDB read as it is; the stream stays the log.
+    if let Err(e) = reports::stats::write_table(&stats_path) {
+        tracing::warn!("no stats.parquet: {e}");
+    }
     result
 }
 
@@ -151,41 +154,34 @@ impl Default for Start {
     }
 }
 
-/// Loads the last checkpoint into `model` and rewinds the stats to its step (rows measured after
-/// it are dropped and trained again, so no step is counted twice); records the rewind.
+/// Loads the checkpoint the last `resumes` entry names into `model` (none at step 0) and rewinds
+/// the stats to its step (rows measured after it are dropped and trained again, so no step is
+/// counted twice); records how many rows were dropped.
 fn resume_point(
     dir: &Path,
     record: &mut RunRecord,
     model: &mut Model,
     config: &RunConfig,
-    overrides: &[Override],
 ) -> Result<(StatsWriter, Start)> {
-    let step = match crate::restore::last_checkpoint(dir) {
-        Ok(checkpoint) => {
-            let state = std::fs::read(&checkpoint)
-                .with_context(|| format!("cannot read {}", checkpoint.display()))?;
-            model.load_state(RSlice::from_slice(&state)).into_result().map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not a checkpoint of this run ({e}); delete it to resume from the one before",
-                    checkpoint.display()
-                )
-            })?;
-            checkpoint_step(&checkpoint)?
-        }
-        Err(_) => 0,
-    };
+    let step = record.resumes.last().map_or(0, |r| r.from_step);
+    if step > 0 || Checkpoints::of(dir).path(0).is_file() {
+        let checkpoint = Checkpoints::of(dir).at(step)?;
+        let state =
+            std::fs::read(&checkpoint).with_context(|| format!("cannot read {}", checkpoint.display()))?;
+        model
+            .load_state(RSlice::from_slice(&state))
+            .into_result()
+            .map_err(|e| anyhow::anyhow!("{} is not a checkpoint of this run ({e})", checkpoint.display()))?;
+    }
     let stats_path = dir.join("stats.arrows");
     // A stats file that cannot be read at all starts over; a torn one keeps its whole batches.
     let rows = reports::read_stats(&stats_path).map(|s| s.rows).unwrap_or_default();
     let total = rows.len();
     let kept: Vec<StatsRow> =
         if step == 0 { Vec::new() } else { rows.into_iter().filter(|r| r.step <= step).collect() };
-    record.resumes.push(run_store::ResumeRecord {
-        at: run_store::timestamp(),
-        from_step: step,
-        dropped_rows: total - kept.len(),
-        overrides: overrides.to_vec(),
-    });
+    if let Some(last) = record.resumes.last_mut() {
+        last.dropped_rows = total - kept.len();
+    }
     run_store::write_record(dir, record)?;
     let start = Start {
         step,
@@ -203,15 +199,6 @@ fn resume_point(
             .fold(f64::INFINITY, f64::min),
     };
     Ok((StatsWriter::rewrite(&stats_path, &stats_identity(record), kept)?, start))
-}
-
-/// The step of `checkpoints/step_NNNNNN.safetensors`.
-fn checkpoint_step(path: &Path) -> Result<u64> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.strip_prefix("step_"))
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("{} is not named step_NNNNNN.safetensors", path.display()))
 }
 
 /// A stretch of steps with one data mixture and one schedule: the whole run, or a plan stage.
@@ -571,7 +558,7 @@ impl<'a> Training<'a> {
         let row = StatsRow {
             loss: Some(loss),
             accuracy: Some(accuracy),
-            lr: Some(self.lr(step)),
+            lr: (step > 0).then(|| self.lr(step)), // no step has trained yet at 0
             stage: self.stage_label(step),
             ..StatsRow::at(step, self.tokens, self.wall(), Split::Val)
         };
@@ -587,50 +574,42 @@ impl<'a> Training<'a> {
         Ok((loss, accuracy))
     }
 
-    /// Writes `checkpoints/step_NNNNNN.safetensors` (weights, optimiser state, and where the
-    /// run stood in its metadata) through a temporary file and a rename.
-    fn checkpoint(&mut self, step: u64) -> Result<String> {
-        let metadata = serde_json::json!({
-            "lmhost.step": step.to_string(),
-            "lmhost.tokens": self.tokens.to_string(),
-            "lmhost.seed": self.config.seed.to_string(),
-        })
-        .to_string();
-        let bytes = self
-            .model
-            .save_state(RStr::from_str(&metadata))
-            .into_result()
-            .map_err(|e| self.plugin_error("save_state", e))?;
-        let dir = self.dir.join("checkpoints");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = format!("step_{step:06}.safetensors");
-        write_atomic(&dir.join(&name), &bytes)?;
-        if self.config.keep_checkpoints > 0 {
-            let older = crate::restore::step_checkpoints(self.dir);
-            let keep = self.config.keep_checkpoints as usize;
-            for path in &older[..older.len().saturating_sub(keep)] {
-                std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-            }
-        }
-        Ok(format!("checkpoints/{name}"))
-    }
-
-    /// With `keep_best`, saves the state as `checkpoints/best.safetensors` when `loss` is the
-    /// lowest validation loss so far.
-    fn keep_if_best(&mut self, step: u64, loss: f64) -> Result<()> {
-        if !self.config.keep_best || step == 0 || loss >= self.best_val {
-            return Ok(());
-        }
-        self.best_val = loss;
-        let metadata =
-            serde_json::json!({ "lmhost.step": step.to_string(), "lmhost.val_loss": loss.to_string() });
+    /// The model's state (weights and optimiser) with `metadata` in its header.
+    fn state(&mut self, metadata: serde_json::Value) -> Result<Vec<u8>> {
         let bytes = self
             .model
             .save_state(RStr::from_str(&metadata.to_string()))
             .into_result()
             .map_err(|e| self.plugin_error("save_state", e))?;
-        let dir = self.dir.join("checkpoints");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_atomic(&dir.join("best.safetensors"), &bytes)
+        Ok(bytes.into_vec())
+    }
+
+    /// Writes the checkpoint of `step` (weights, optimiser state, and where the run stood in its
+    /// metadata), then prunes to `keep_checkpoints`; returns its name for `run.json`.
+    fn checkpoint(&mut self, step: u64) -> Result<String> {
+        let bytes = self.state(serde_json::json!({
+            "lmhost.step": step.to_string(),
+            "lmhost.tokens": self.tokens.to_string(),
+            "lmhost.seed": self.config.seed.to_string(),
+        }))?;
+        let checkpoints = Checkpoints::of(self.dir);
+        let name = checkpoints.write_step(step, &bytes)?;
+        if self.config.keep_checkpoints > 0 {
+            checkpoints.prune(self.config.keep_checkpoints as usize)?;
+        }
+        Ok(name)
+    }
+
+    /// With `keep_best`, saves the state as the best checkpoint when `loss` is the lowest
+    /// validation loss so far.
+    fn keep_if_best(&mut self, step: u64, loss: f64) -> Result<()> {
+        if !self.config.keep_best || step == 0 || loss >= self.best_val {
+            return Ok(());
+        }
+        self.best_val = loss;
+        let bytes = self.state(
+            serde_json::json!({ "lmhost.step": step.to_string(), "lmhost.val_loss": loss.to_string() }),
+        )?;
+        Checkpoints::of(self.dir).write_best(&bytes)
     }
 }

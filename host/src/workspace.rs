@@ -48,18 +48,39 @@ pub fn resolve_plugin_arg(arg: &str) -> Result<PluginSource> {
     }
     if path.extension().is_some_and(|e| e == std::env::consts::DLL_EXTENSION) || path.components().count() > 1
     {
-        return Ok(PluginSource::Library { path });
+        // Absolute: the loader searches the library path for a name without a slash (`vn.so`).
+        return Ok(PluginSource::Library { path: std::path::absolute(&path)? });
     }
-    // A bare name: an installed library first, then a crate folder of that name.
-    let installed = Path::new("plugins").join(format!("{arg}.{}", std::env::consts::DLL_EXTENSION));
-    if installed.is_file() {
-        return Ok(PluginSource::Library { path: installed });
+    // A bare name: an installed library first, then a crate folder of that name, under this
+    // folder's plugins/ and then under the workspace this lmhost was built in.
+    for plugins in plugin_folders() {
+        let installed = plugins.join(format!("{arg}.{}", std::env::consts::DLL_EXTENSION));
+        if installed.is_file() {
+            return Ok(PluginSource::Library { path: installed });
+        }
+        let folder = plugins.join(arg);
+        if folder.join("Cargo.toml").is_file() {
+            return build_crate_folder(&folder);
+        }
     }
-    let folder = Path::new("plugins").join(arg);
-    if folder.join("Cargo.toml").is_file() {
-        return build_crate_folder(&folder);
+    bail!("no plugin `{arg}`: not `baseline`, not a .so file, and neither plugins/{arg}.so nor plugins/{arg}/ exists here or in lmhost's workspace (`lmhost list` shows what there is)")
+}
+
+/// Where plugins are looked for by name: `plugins/` here, then the `plugins/` of the workspace
+/// this lmhost was built in (`<workspace>/target/<profile>/lmhost`).
+pub fn plugin_folders() -> Vec<PathBuf> {
+    let mut folders = vec![PathBuf::from("plugins")];
+    let own = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .find(|a| a.join("Cargo.toml").is_file() && a.join("plugins").is_dir())
+            .map(|a| a.join("plugins"))
+    });
+    if let Some(own) = own {
+        if std::fs::canonicalize(&own).ok() != std::fs::canonicalize("plugins").ok() {
+            folders.push(own);
+        }
     }
-    bail!("no plugin `{arg}`: not `baseline`, not a .so file, and neither plugins/{arg}.so nor plugins/{arg}/ exists (`lmhost list` shows what there is)")
+    folders
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,9 @@
 //! Made by `lmhost new {{name}}`: it starts as the baseline's attention with a knob, a variant and
 //! tests; change the marked place. Other parts a `Recipe` can replace: `dense` (every dense layer,
 //! see plugins/unified_weights) and `token_embedding` (see plugins/unified_embeddings).
+//!
+//! candle and candle-nn come with the kit: after the prelude, write `candle_nn::ops::…` or
+//! `candle::…` (never `cargo add` them here: the plugin must use the host's version).
 
 use lmhost_kit::prelude::*;
 

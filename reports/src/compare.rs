@@ -63,11 +63,21 @@ pub struct CompareOptions {
     pub smoothing: f64,
     /// Compare runs with different tokenizers or validation sets anyway.
     pub force: bool,
+    /// Config keys that only observe (logging and evaluation cadences, checkpoint policies):
+    /// runs that differ in them alone are replicates.
+    pub observing: Vec<String>,
 }
 
 impl Default for CompareOptions {
     fn default() -> Self {
-        Self { baseline: None, x: XAxis::Tokens, band: Band::Std, smoothing: 0.8, force: false }
+        Self {
+            baseline: None,
+            x: XAxis::Tokens,
+            band: Band::Std,
+            smoothing: 0.8,
+            force: false,
+            observing: Vec::new(),
+        }
     }
 }
 
@@ -80,43 +90,127 @@ struct RunSeries {
     raw: Points,
 }
 
-/// What a curve shows.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// One panel of the report drawn from a column of the stats (extra metrics get one each as
+/// well): the one table a new plotted column is added to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Panel {
+    /// File name of the plot, and the figure's id in the HTML.
+    pub slug: &'static str,
+    /// What it shows, e.g. `validation loss`; the plot's title.
+    pub name: &'static str,
+    /// The y axis' label.
+    pub unit: &'static str,
+    /// The rows it reads, and the column (a [`StatsRow`] field).
+    pub split: Split,
+    pub column: &'static str,
+    /// Per-step training series are noisy and get the EMA; evaluations are not smoothed.
+    pub smoothed: bool,
+    /// Followed by a panel of its difference to the baseline.
+    pub compared: bool,
+}
+
+/// The report's panels of the stats' own columns, in the report's order.
+pub const PANELS: &[Panel] = &[
+    Panel {
+        slug: "val_loss",
+        name: "validation loss",
+        unit: "nats/token",
+        split: Split::Val,
+        column: "loss",
+        smoothed: false,
+        compared: true,
+    },
+    Panel {
+        slug: "train_loss",
+        name: "training loss",
+        unit: "nats/token",
+        split: Split::Train,
+        column: "loss",
+        smoothed: true,
+        compared: true,
+    },
+    Panel {
+        slug: "val_accuracy",
+        name: "validation accuracy",
+        unit: "fraction",
+        split: Split::Val,
+        column: "accuracy",
+        smoothed: false,
+        compared: false,
+    },
+    Panel {
+        slug: "lr",
+        name: "learning rate",
+        unit: "lr",
+        split: Split::Train,
+        column: "lr",
+        smoothed: false,
+        compared: false,
+    },
+    Panel {
+        slug: "grad_norm",
+        name: "gradient norm (before clipping)",
+        unit: "L2 norm",
+        split: Split::Train,
+        column: "grad_norm",
+        smoothed: true,
+        compared: false,
+    },
+];
+
+/// What a curve shows: a panel's column, or a plugin's extra metric by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Metric {
-    ValLoss,
-    TrainLoss,
-    ValAccuracy,
-    LearningRate,
-    GradNorm,
-    /// A plugin's extra metric, by name.
+    Column(&'static Panel),
     Extra(String),
 }
 
 impl Metric {
+    /// The validation loss, the metric every summary tests.
+    pub const VAL_LOSS: Metric = Metric::Column(&PANELS[0]);
+    pub const TRAIN_LOSS: Metric = Metric::Column(&PANELS[1]);
+
     pub fn title(&self) -> String {
         match self {
-            Metric::ValLoss => "validation loss (nats/token)".into(),
-            Metric::TrainLoss => "training loss (nats/token)".into(),
-            Metric::ValAccuracy => "validation accuracy".into(),
-            Metric::LearningRate => "learning rate".into(),
-            Metric::GradNorm => "gradient norm (before clipping)".into(),
+            Metric::Column(p) => p.name.into(),
             Metric::Extra(name) => name.clone(),
         }
     }
 
-    /// Per-step training series are noisy and get the EMA; evaluations are not smoothed.
-    fn smoothed(&self) -> bool {
-        !matches!(self, Metric::ValLoss | Metric::ValAccuracy | Metric::LearningRate)
+    pub fn unit(&self) -> String {
+        match self {
+            Metric::Column(p) => p.unit.into(),
+            Metric::Extra(name) => name.clone(),
+        }
+    }
+
+    pub fn slug(&self) -> String {
+        match self {
+            Metric::Column(p) => p.slug.into(),
+            Metric::Extra(name) => format!(
+                "metric_{}",
+                name.chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect::<String>()
+            ),
+        }
+    }
+
+    /// Per-step series get the EMA (a plugin's metrics too); evaluations are not smoothed.
+    pub fn smoothed(&self) -> bool {
+        match self {
+            Metric::Column(p) => p.smoothed,
+            Metric::Extra(_) => true,
+        }
+    }
+
+    /// Whether the report adds a panel of its difference to the baseline.
+    pub fn compared(&self) -> bool {
+        matches!(self, Metric::Column(p) if p.compared)
     }
 
     fn value(&self, row: &StatsRow) -> Option<f64> {
-        match (self, row.split, row.metric.as_deref()) {
-            (Metric::ValLoss, Split::Val, None) => row.loss,
-            (Metric::ValAccuracy, Split::Val, None) => row.accuracy,
-            (Metric::TrainLoss, Split::Train, None) => row.loss,
-            (Metric::LearningRate, Split::Train, None) => row.lr,
-            (Metric::GradNorm, Split::Train, None) => row.grad_norm,
-            (Metric::Extra(name), _, Some(m)) if m == name => row.value,
+        match (self, row.metric.as_deref()) {
+            (Metric::Column(p), None) if row.split == p.split => row.number(p.column),
+            (Metric::Extra(name), Some(m)) if m == name => row.value,
             _ => None,
         }
     }
@@ -192,10 +286,11 @@ impl Comparison {
         }
         let mut notes: Vec<String> =
             runs.iter().flat_map(|r| r.notes.iter().map(move |n| format!("{}: {n}", r.id))).collect();
-        let fingerprints =
-            |r: &Run| [("tokenizers", r.tokenizer.clone()), ("validation sets", r.val_set.clone())];
-        for (i, (what, first)) in fingerprints(&runs[0]).into_iter().enumerate() {
-            if let Some(other) = runs.iter().find(|r| fingerprints(r)[i].1 != first) {
+        type Differs = fn(&Run, &Run) -> bool;
+        let differ: [(&str, Differs); 2] =
+            [("tokenizers", |a, b| !a.same_tokenizer(b)), ("validation sets", |a, b| a.val_set != b.val_set)];
+        for (what, differs) in differ {
+            if let Some(other) = runs.iter().find(|r| differs(&runs[0], r)) {
                 let message = format!(
                     "{} and {} were measured with different {what}, so their losses are not comparable",
                     runs[0].id, other.id
@@ -208,7 +303,7 @@ impl Comparison {
                 notes.push(format!("{message} (compared anyway: --force)"));
             }
         }
-        let groups = group_replicates(runs);
+        let groups = group_replicates(runs, &options.observing);
         let baseline = find_baseline(&groups, &options, &mut notes)?;
         let reference = match baseline {
             Some(b) => (0..groups.len()).map(|i| (i != b).then_some(b)).collect(),
@@ -237,7 +332,7 @@ impl Comparison {
             .rows
             .iter()
             .filter_map(|row| metric.value(row).map(|y| (row.step, self.options.x.of(row), y)))
-            .filter(|(_, x, y)| y.is_finite() && (!self.options.x.log() || *x > 0.0))
+            .filter(|(_, x, y)| y.is_finite() && x.is_finite())
             .collect();
         let raw = rows.iter().map(|r| (r.1, r.2)).collect();
         let shown = if metric.smoothed() && self.options.smoothing > 0.0 {
@@ -417,13 +512,15 @@ pub fn short(v: &Value) -> String {
     }
 }
 
-/// Groups runs by (plugin, variant, config without the seed), in the order first seen; labels
+/// Groups runs by (plugin, variant, config without the seed and the observing keys), in the
+/// order first seen; labels
 /// are `plugin/variant`, with the distinguishing keys added where two groups share a name.
-fn group_replicates(runs: Vec<Run>) -> Vec<Group> {
+fn group_replicates(runs: Vec<Run>, observing: &[String]) -> Vec<Group> {
     let mut groups: Vec<(String, BTreeMap<String, Value>, Vec<Run>)> = Vec::new();
     for run in runs {
         let mut config = run.config.clone();
         config.remove("seed");
+        config.retain(|k, _| !observing.contains(k));
         match groups.iter_mut().find(|g| g.0 == run.name() && g.1 == config) {
             Some(g) => g.2.push(run),
             None => groups.push((run.name(), config, vec![run])),

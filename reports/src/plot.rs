@@ -43,21 +43,39 @@ pub struct Figure {
     pub series: Vec<Series>,
 }
 
-/// A linear or log10 map from data to pixels.
+/// Series with at most this many points get a marker at each: a line through two points (or
+/// one) would be too short to see.
+const MARKED: usize = 24;
+
+/// Pixels a log axis keeps left of its first decade for x = 0 (the step-0 evaluation).
+const ZERO_GAP: f64 = 28.0;
+
+/// A linear or log10 map from data to pixels. A log axis that has to show x = 0 draws it at its
+/// left edge, a short gap before the log part begins.
 struct Scale {
     lo: f64,
     hi: f64,
     log: bool,
+    zero: bool,
     from: f64,
     to: f64,
 }
 
 impl Scale {
     fn px(&self, v: f64) -> f64 {
+        if self.log && self.zero && v <= 0.0 {
+            return self.from;
+        }
+        let from = if self.log && self.zero { self.from + ZERO_GAP } else { self.from };
         let f = |v: f64| if self.log { v.log10() } else { v };
         let (lo, hi) = (f(self.lo), f(self.hi));
         let t = if hi > lo { (f(v) - lo) / (hi - lo) } else { 0.5 };
-        self.from + t * (self.to - self.from)
+        from + t * (self.to - from)
+    }
+
+    /// Whether a point can be drawn on this axis.
+    fn shows(&self, v: f64) -> bool {
+        v.is_finite() && (!self.log || v > 0.0 || (self.zero && v == 0.0))
     }
 }
 
@@ -69,6 +87,7 @@ impl Figure {
     pub fn to_svg(&self) -> String {
         let points =
             || self.series.iter().flat_map(|s| s.line.iter().copied().chain(s.raw.iter().flatten().copied()));
+        let zero = self.log_x && points().any(|p| p.0 == 0.0);
         let mut xs: Vec<f64> =
             points().map(|p| p.0).filter(|x| x.is_finite() && (!self.log_x || *x > 0.0)).collect();
         // The y range follows the lines and bands; a raw outlier must not flatten them.
@@ -89,8 +108,15 @@ impl Figure {
         }
         let (x_lo, x_hi) = (min(&xs), max(&xs));
         let pad = (max(&ys) - min(&ys)).max(1e-12) * 0.05;
-        let x = Scale { lo: x_lo, hi: x_hi, log: self.log_x, from: LEFT, to: WIDTH - RIGHT };
-        let y = Scale { lo: min(&ys) - pad, hi: max(&ys) + pad, log: false, from: HEIGHT - BOTTOM, to: TOP };
+        let x = Scale { lo: x_lo, hi: x_hi, log: self.log_x, zero, from: LEFT, to: WIDTH - RIGHT };
+        let y = Scale {
+            lo: min(&ys) - pad,
+            hi: max(&ys) + pad,
+            log: false,
+            zero: false,
+            from: HEIGHT - BOTTOM,
+            to: TOP,
+        };
 
         let mut svg = String::new();
         let _ = write!(
@@ -130,6 +156,19 @@ impl Figure {
                 s.color,
                 escape(&s.label)
             );
+            if line.len() <= MARKED {
+                for &(px, py) in line.iter().filter(|p| x.shows(p.0) && p.1.is_finite()) {
+                    let _ = write!(
+                        svg,
+                        r#"<circle class="marker" cx="{:.1}" cy="{:.1}" r="3" fill="{}"><title>{}: {}</title></circle>"#,
+                        x.px(px),
+                        y.px(py),
+                        s.color,
+                        escape(&s.label),
+                        tick_label(py)
+                    );
+                }
+            }
         }
         self.legend(&mut svg);
         svg.push_str("</svg>");
@@ -144,7 +183,10 @@ impl Figure {
             x1 - x0,
             y0 - y1
         );
-        let x_ticks = if self.log_x { log_ticks(x.lo, x.hi) } else { linear_ticks(x.lo, x.hi) };
+        let mut x_ticks = if self.log_x { log_ticks(x.lo, x.hi) } else { linear_ticks(x.lo, x.hi) };
+        if x.zero {
+            x_ticks.insert(0, 0.0);
+        }
         for t in x_ticks {
             let px = x.px(t);
             let _ = write!(
@@ -183,19 +225,30 @@ impl Figure {
         );
     }
 
+    /// One entry per series, its label wrapped at word boundaries (long group labels list the
+    /// keys that tell groups apart).
     fn legend(&self, svg: &mut String) {
         let x = WIDTH - RIGHT + 12.0;
-        for (i, s) in self.series.iter().enumerate() {
-            let y = TOP + 12.0 + i as f64 * 18.0;
+        let mut y = TOP + 12.0;
+        for s in &self.series {
             let _ = write!(
                 svg,
-                r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="2.5"/><text x="{}" y="{}">{}</text>"#,
+                r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="2.5"/><text x="{}" y="{}">"#,
                 x + 18.0,
                 s.color,
                 x + 24.0,
                 y + 4.0,
-                escape(&clip(&s.label, 32))
             );
+            let lines = wrap(&s.label, LEGEND_CHARS);
+            for (i, line) in lines.iter().enumerate() {
+                let dy = if i == 0 { 0.0 } else { 13.0 };
+                let _ = write!(svg, r#"<tspan x="{}" dy="{dy}">{}</tspan>"#, x + 24.0, escape(line));
+            }
+            svg.push_str("</text>");
+            y += 18.0 + 13.0 * (lines.len() - 1) as f64;
+            if y > HEIGHT - BOTTOM {
+                break; // more groups than the space beside the plot holds
+            }
         }
     }
 }
@@ -214,9 +267,7 @@ fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 fn path(points: &[(f64, f64)], x: &Scale, y: &Scale) -> String {
     let mut d = String::new();
-    for (i, &(px, py)) in
-        points.iter().filter(|p| p.0.is_finite() && p.1.is_finite() && (!x.log || p.0 > 0.0)).enumerate()
-    {
+    for (i, &(px, py)) in points.iter().filter(|p| x.shows(p.0) && p.1.is_finite()).enumerate() {
         let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, x.px(px), y.px(py));
     }
     d
@@ -290,12 +341,25 @@ fn trim(s: String) -> String {
     }
 }
 
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        s.chars().take(n - 1).collect::<String>() + "…"
+/// Characters per line of a legend entry.
+const LEGEND_CHARS: usize = 34;
+
+/// `s` broken at spaces into lines of at most `width` characters (a longer word is cut).
+fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in s.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.chars().take(width).collect()),
+        }
     }
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    lines
 }
 
 pub fn escape(s: &str) -> String {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::compare::{Comparison, Metric, Summary};
+use crate::compare::{Comparison, Metric, Summary, PANELS};
 use crate::plot::{escape, Figure, Series, PALETTE};
 use crate::runs::{ReportError, Run};
 
@@ -72,81 +72,41 @@ pub fn title(c: &Comparison) -> String {
     }
 }
 
-/// Every plot of the report, with its file name.
+/// Every plot of the report, with its file name: a panel per column of [`PANELS`] (with its
+/// difference to the baseline where the panel says), the interpolation paths, then one per
+/// extra metric.
 fn figures(c: &Comparison) -> Vec<(String, Figure)> {
-    let x_label = c.options.x.label().to_owned();
-    let figure = |title: String, y: &str, zero_line: bool, series: Vec<Series>| Figure {
+    let figure = |title: String, y: String, zero_line: bool, series: Vec<Series>| Figure {
         title,
-        x_label: x_label.clone(),
-        y_label: y.to_owned(),
+        x_label: c.options.x.label().to_owned(),
+        y_label: y,
         log_x: c.options.x.log(),
         zero_line,
         series,
     };
-    let mut out = vec![(
-        "val_loss".into(),
-        figure(Metric::ValLoss.title(), "nats/token", false, curves(c, &Metric::ValLoss)),
-    )];
-    if c.has_differences() {
-        out.push((
-            "val_loss_vs_baseline".into(),
-            figure(
-                "validation loss − baseline".into(),
-                "Δ nats/token",
-                true,
-                differences(c, &Metric::ValLoss),
-            ),
-        ));
+    let smoothing = |m: &Metric| match m.smoothed() && c.options.smoothing > 0.0 {
+        true => format!(" (EMA {})", c.options.smoothing),
+        false => String::new(),
+    };
+    let mut metrics: Vec<Metric> = PANELS.iter().map(Metric::Column).collect();
+    let own = metrics.len();
+    metrics.extend(c.extra_metrics().into_iter().map(Metric::Extra));
+    let mut out = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        if i == own && !c.interpolations.is_empty() {
+            out.push(("interpolation".into(), interpolation_figure(c)));
+        }
+        out.push((m.slug(), figure(format!("{}{}", m.title(), smoothing(m)), m.unit(), false, curves(c, m))));
+        if m.compared() && c.has_differences() {
+            let title = format!("{} − baseline{}", m.title(), smoothing(m));
+            out.push((
+                format!("{}_vs_baseline", m.slug()),
+                figure(title, format!("Δ {}", m.unit()), true, differences(c, m)),
+            ));
+        }
     }
-    let smoothed =
-        if c.options.smoothing > 0.0 { format!(" (EMA {})", c.options.smoothing) } else { String::new() };
-    out.push((
-        "train_loss".into(),
-        figure(
-            format!("{}{smoothed}", Metric::TrainLoss.title()),
-            "nats/token",
-            false,
-            curves(c, &Metric::TrainLoss),
-        ),
-    ));
-    if c.has_differences() {
-        out.push((
-            "train_loss_vs_baseline".into(),
-            figure(
-                format!("training loss − baseline{smoothed}"),
-                "Δ nats/token",
-                true,
-                differences(c, &Metric::TrainLoss),
-            ),
-        ));
-    }
-    out.push((
-        "val_accuracy".into(),
-        figure(Metric::ValAccuracy.title(), "fraction", false, curves(c, &Metric::ValAccuracy)),
-    ));
-    out.push((
-        "lr".into(),
-        figure(Metric::LearningRate.title(), "lr", false, curves(c, &Metric::LearningRate)),
-    ));
-    out.push((
-        "grad_norm".into(),
-        figure(
-            format!("{}{smoothed}", Metric::GradNorm.title()),
-            "L2 norm",
-            false,
-            curves(c, &Metric::GradNorm),
-        ),
-    ));
-    if !c.interpolations.is_empty() {
+    if own == metrics.len() && !c.interpolations.is_empty() {
         out.push(("interpolation".into(), interpolation_figure(c)));
-    }
-    for name in c.extra_metrics() {
-        let metric = Metric::Extra(name.clone());
-        let slug = format!(
-            "metric_{}",
-            name.chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' }).collect::<String>()
-        );
-        out.push((slug, figure(format!("{name}{smoothed}"), &name, false, curves(c, &metric))));
     }
     out.retain(|(_, f)| !f.is_empty());
     out
@@ -366,10 +326,57 @@ fn settings_line(c: &Comparison) -> String {
     )
 }
 
-fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
-    let (sh, sr) = summary_table(summaries);
-    let (rh, rr) = runs_table(c);
+/// One section of the report, rendered the same way in HTML and Markdown.
+struct Section {
+    heading: String,
+    /// A line under the heading, saying how to read it.
+    note: Option<String>,
+    body: Body,
+}
+
+enum Body {
+    Table(Vec<String>, Vec<Vec<String>>),
+    Text(String),
+    /// The plots (inline SVG in HTML, links to the SVG files in Markdown).
+    Figures,
+}
+
+/// The report's sections, in order: the one list both renderings follow.
+fn sections(c: &Comparison, summaries: &[Summary]) -> Vec<Section> {
+    let table = |(header, rows): (Vec<&str>, Vec<Vec<String>>)| {
+        Body::Table(header.into_iter().map(str::to_owned).collect(), rows)
+    };
+    let section = |heading: &str, note: Option<&str>, body| Section {
+        heading: heading.to_owned(),
+        note: note.map(str::to_owned),
+        body,
+    };
     let (dh, dr) = diff_table(c);
+    let mut out = vec![
+        section("Final validation loss", None, table(summary_table(summaries))),
+        section("Curves", None, Body::Figures),
+        section(
+            "Config differences",
+            None,
+            if dr.is_empty() {
+                Body::Text("The groups differ only by plugin (and seeds).".into())
+            } else {
+                Body::Table(dh, dr)
+            },
+        ),
+    ];
+    if !c.interpolations.is_empty() {
+        out.push(section(
+            "Linear mode connectivity",
+            Some(INTERPOLATION_NOTE),
+            table(interpolation_table(c)),
+        ));
+    }
+    out.push(section("Runs", None, table(runs_table(c))));
+    out
+}
+
+fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
     let mut body =
         format!("<h1>{}</h1><p class=\"muted\">{}</p>", escape(&title(c)), escape(&settings_line(c)));
     if !c.notes.is_empty() {
@@ -379,27 +386,25 @@ fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> 
         }
         body.push_str("</ul></div>");
     }
-    let _ = write!(body, "<h2>Final validation loss</h2>{}", html_table(&sh, &sr));
-    body.push_str("<h2>Curves</h2><div class=\"plots\">");
-    for (slug, f) in figures {
-        let _ = write!(body, "<figure id=\"{slug}\">{}</figure>", f.to_svg());
+    for s in sections(c, summaries) {
+        let _ = write!(body, "<h2>{}</h2>", escape(&s.heading));
+        if let Some(note) = &s.note {
+            let _ = write!(body, "<p class=\"muted\">{}</p>", escape(note));
+        }
+        match &s.body {
+            Body::Table(header, rows) => body.push_str(&html_table(header, rows)),
+            Body::Text(text) => {
+                let _ = write!(body, "<p>{}</p>", escape(text));
+            }
+            Body::Figures => {
+                body.push_str("<div class=\"plots\">");
+                for (slug, f) in figures {
+                    let _ = write!(body, "<figure id=\"{slug}\">{}</figure>", f.to_svg());
+                }
+                body.push_str("</div>");
+            }
+        }
     }
-    body.push_str("</div>");
-    if dr.is_empty() {
-        body.push_str("<h2>Config differences</h2><p>The groups differ only by plugin (and seeds).</p>");
-    } else {
-        let _ = write!(body, "<h2>Config differences</h2>{}", html_table(&dh, &dr));
-    }
-    if !c.interpolations.is_empty() {
-        let (ih, ir) = interpolation_table(c);
-        let _ = write!(
-            body,
-            "<h2>Linear mode connectivity</h2><p class=\"muted\">{}</p>{}",
-            escape(INTERPOLATION_NOTE),
-            html_table(&ih, &ir)
-        );
-    }
-    let _ = write!(body, "<h2>Runs</h2>{}", html_table(&rh, &rr));
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
         escape(&title(c))
@@ -413,26 +418,29 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;paddin
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:8px}figure{margin:0}svg.plot{width:100%;height:auto}";
 
 fn markdown(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
-    let (sh, sr) = summary_table(summaries);
-    let (rh, rr) = runs_table(c);
-    let (dh, dr) = diff_table(c);
     let mut md = format!("# {}\n\n{}\n\n", title(c), settings_line(c));
     for n in &c.notes {
         let _ = writeln!(md, "> **Note:** {n}\n");
     }
-    let _ = write!(md, "## Final validation loss\n\n{}\n## Config differences\n\n", md_table(&sh, &sr));
-    if dr.is_empty() {
-        md.push_str("The groups differ only by plugin (and seeds).\n\n");
-    } else {
-        let _ = writeln!(md, "{}", md_table(&dh, &dr));
-    }
-    if !c.interpolations.is_empty() {
-        let (ih, ir) = interpolation_table(c);
-        let _ = write!(md, "## Linear mode connectivity\n\n{INTERPOLATION_NOTE}\n\n{}\n", md_table(&ih, &ir));
-    }
-    let _ = write!(md, "## Runs\n\n{}\n## Plots\n\n", md_table(&rh, &rr));
-    for (slug, f) in figures {
-        let _ = writeln!(md, "![{}]({slug}.svg)", f.title);
+    for s in sections(c, summaries) {
+        let _ = write!(md, "## {}\n\n", s.heading);
+        if let Some(note) = &s.note {
+            let _ = write!(md, "{note}\n\n");
+        }
+        match &s.body {
+            Body::Table(header, rows) => {
+                let _ = writeln!(md, "{}", md_table(header, rows));
+            }
+            Body::Text(text) => {
+                let _ = write!(md, "{text}\n\n");
+            }
+            Body::Figures => {
+                for (slug, f) in figures {
+                    let _ = writeln!(md, "![{}]({slug}.svg)", f.title);
+                }
+                md.push('\n');
+            }
+        }
     }
     md
 }

@@ -41,6 +41,8 @@ pub struct Run {
     /// Every knob, host and model, by name.
     pub config: BTreeMap<String, Value>,
     pub tokenizer: String,
+    /// What decides the tokenizer's ids (newer runs record it; see `datasets::tokenizer_content`).
+    pub tokenizer_content: Option<String>,
     pub val_set: String,
     pub params_train: Option<u64>,
     pub params_prod: Option<u64>,
@@ -91,6 +93,7 @@ impl Run {
             seed: config.get("seed").and_then(Value::as_u64).ok_or_else(|| bad("seed"))?,
             tokenizer: str_at(&record["data"]["manifest"]["tokenizer_fingerprint"])
                 .ok_or_else(|| bad("tokenizer fingerprint"))?,
+            tokenizer_content: str_at(&record["data"]["manifest"]["tokenizer_content"]),
             val_set: str_at(&record["data"]["manifest"]["val_fingerprint"])
                 .ok_or_else(|| bad("validation set fingerprint"))?,
             params_train: result["params_train"].as_u64(),
@@ -103,6 +106,15 @@ impl Run {
             notes,
             dir: dir.to_owned(),
         })
+    }
+
+    /// Whether two runs' tokens came from the same tokenizer: by its content where both runs
+    /// recorded it (a re-saved `tokenizer.json` is the same), by its file otherwise.
+    pub fn same_tokenizer(&self, other: &Run) -> bool {
+        match (&self.tokenizer_content, &other.tokenizer_content) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.tokenizer == other.tokenizer,
+        }
     }
 
     /// `plugin` or `plugin/variant`.

@@ -1,25 +1,15 @@
 //! The stats of a run: one Arrow schema, written as an IPC stream (`stats.arrows`) with one
-//! record batch per logging interval, so a killed run keeps everything it flushed.
+//! record batch per logging interval, so a killed run keeps everything it flushed; when the run
+//! ends, the same rows also go to `stats.parquet`, which pandas, polars and DuckDB open as it is.
 //!
-//! Columns (schema version 2; pyarrow, polars and DuckDB read the file as it is):
+//! Each column is declared once, as a field of [`StatsRow`] with its doc comment: the schema,
+//! the writer, the reader and [`COLUMNS`] (what `README.md` lists) all come from that
+//! declaration. Extra metrics are stored long: one row per (step, metric), with the loss columns
+//! null. Schema metadata: `lmhost.stats_version` and `lmhost.run` (the run's identity as JSON).
 //!
-//! | column | type | meaning |
-//! | --- | --- | --- |
-//! | `step` | uint64 | optimiser steps taken when the row was measured |
-//! | `tokens` | uint64 | training tokens seen at that step |
-//! | `wall_s` | float64 | seconds since the run started |
-//! | `split` | utf8 | `train` or `val` |
-//! | `loss` | float64 | cross-entropy, nats per token (null on metric rows) |
-//! | `accuracy` | float64 | fraction of next tokens that were the argmax |
-//! | `lr` | float64 | learning rate of that step |
-//! | `grad_norm` | float64 | gradient L2 norm before clipping (train rows) |
-//! | `tokens_per_s` | float64 | training throughput over the last logging interval |
-//! | `metric` | utf8 | name of a plugin's extra metric; null on loss rows |
-//! | `value` | float64 | the extra metric's value |
-//! | `stage` | utf8 | the training plan's stage (null without a plan); new in version 2 |
-//!
-//! Extra metrics are stored long: one row per (step, metric), with the loss columns null.
-//! Schema metadata: `lmhost.stats_version` and `lmhost.run` (the run's identity as JSON).
+//! Versions: 1 the first; 2 added `stage`; 3 stores `step` and `tokens` as int64 (uint64
+//! before, which wraps in polars and overflows in DuckDB on `step - 10`). Every older version
+//! still reads.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,13 +17,13 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 
 /// The schema version this build writes; readers refuse newer ones.
-pub const STATS_VERSION: u32 = 2;
+pub const STATS_VERSION: u32 = 3;
 pub const VERSION_KEY: &str = "lmhost.stats_version";
 pub const RUN_KEY: &str = "lmhost.run";
 
@@ -47,6 +37,8 @@ pub enum StatsError {
     FutureVersion { path: String, found: u32 },
     #[error("writing stats: {0}")]
     Arrow(#[from] ArrowError),
+    #[error("writing {path}: {reason}")]
+    Parquet { path: String, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,22 +56,206 @@ impl Split {
     }
 }
 
-/// One row of `stats.arrows`.
+/// How a Rust type is stored in an Arrow column, and read back.
+pub trait ColumnValue: Sized {
+    const DATA_TYPE: DataType;
+    const NULLABLE: bool;
+    fn to_array(values: Vec<Self>) -> ArrayRef;
+    fn read(array: &dyn Array, row: usize) -> Result<Self, String>;
+    /// The value of a column an older file does not have; `None`: the column is required.
+    fn absent() -> Option<Self> {
+        None
+    }
+    /// The value as a number, for plotting (none for text).
+    fn as_number(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Counts (steps, tokens): int64 in the file, read back from the uint64 of versions 1 and 2 too.
+impl ColumnValue for u64 {
+    const DATA_TYPE: DataType = DataType::Int64;
+    const NULLABLE: bool = false;
+    fn to_array(values: Vec<Self>) -> ArrayRef {
+        Arc::new(values.into_iter().map(|v| v as i64).collect::<Int64Array>())
+    }
+    fn as_number(&self) -> Option<f64> {
+        Some(*self as f64)
+    }
+    fn read(array: &dyn Array, row: usize) -> Result<Self, String> {
+        if let Some(a) = array.as_any().downcast_ref::<Int64Array>() {
+            return u64::try_from(a.value(row)).map_err(|_| format!("negative count {}", a.value(row)));
+        }
+        array
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .map(|a| a.value(row))
+            .ok_or_else(|| "not an integer".into())
+    }
+}
+
+impl ColumnValue for f64 {
+    const DATA_TYPE: DataType = DataType::Float64;
+    const NULLABLE: bool = false;
+    fn as_number(&self) -> Option<f64> {
+        Some(*self)
+    }
+    fn to_array(values: Vec<Self>) -> ArrayRef {
+        Arc::new(values.into_iter().collect::<Float64Array>())
+    }
+    fn read(array: &dyn Array, row: usize) -> Result<Self, String> {
+        array
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .map(|a| a.value(row))
+            .ok_or_else(|| "not a float64".into())
+    }
+}
+
+impl ColumnValue for Option<f64> {
+    const DATA_TYPE: DataType = DataType::Float64;
+    const NULLABLE: bool = true;
+    fn as_number(&self) -> Option<f64> {
+        *self
+    }
+    fn to_array(values: Vec<Self>) -> ArrayRef {
+        Arc::new(values.into_iter().collect::<Float64Array>())
+    }
+    fn read(array: &dyn Array, row: usize) -> Result<Self, String> {
+        (!array.is_null(row)).then(|| f64::read(array, row)).transpose()
+    }
+    fn absent() -> Option<Self> {
+        Some(None)
+    }
+}
+
+impl ColumnValue for Option<String> {
+    const DATA_TYPE: DataType = DataType::Utf8;
+    const NULLABLE: bool = true;
+    fn to_array(values: Vec<Self>) -> ArrayRef {
+        Arc::new(values.iter().map(Option::as_deref).collect::<StringArray>())
+    }
+    fn read(array: &dyn Array, row: usize) -> Result<Self, String> {
+        let strings = array.as_any().downcast_ref::<StringArray>().ok_or("not utf8")?;
+        Ok((!strings.is_null(row)).then(|| strings.value(row).to_owned()))
+    }
+    fn absent() -> Option<Self> {
+        Some(None)
+    }
+}
+
+impl ColumnValue for Split {
+    const DATA_TYPE: DataType = DataType::Utf8;
+    const NULLABLE: bool = false;
+    fn to_array(values: Vec<Self>) -> ArrayRef {
+        Arc::new(values.iter().map(|s| Some(s.as_str())).collect::<StringArray>())
+    }
+    fn read(array: &dyn Array, row: usize) -> Result<Self, String> {
+        match array.as_any().downcast_ref::<StringArray>().ok_or("not utf8")?.value(row) {
+            "train" => Ok(Split::Train),
+            "val" => Ok(Split::Val),
+            other => Err(format!("unknown split `{other}`")),
+        }
+    }
+}
+
+/// One column as a reader of the file sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StatsRow {
-    pub step: u64,
-    pub tokens: u64,
-    pub wall_s: f64,
-    pub split: Split,
-    pub loss: Option<f64>,
-    pub accuracy: Option<f64>,
-    pub lr: Option<f64>,
-    pub grad_norm: Option<f64>,
-    pub tokens_per_s: Option<f64>,
-    pub metric: Option<String>,
-    pub value: Option<f64>,
-    /// The plan stage the row belongs to.
-    pub stage: Option<String>,
+pub struct Column {
+    pub name: &'static str,
+    pub data_type: DataType,
+    pub nullable: bool,
+    pub doc: &'static str,
+}
+
+/// Declares the row type and, from each field, its column: name, Arrow type, doc, writer and
+/// reader.
+macro_rules! stats_columns {
+    (
+        $(#[$meta:meta])*
+        pub struct $row:ident { $( $(#[doc = $doc:literal])* pub $field:ident: $ty:ty, )* }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $row { $( $(#[doc = $doc])* pub $field: $ty, )* }
+
+        /// Every column of the stats, in file order.
+        pub fn columns() -> Vec<Column> {
+            vec![$(Column {
+                name: stringify!($field),
+                data_type: <$ty as ColumnValue>::DATA_TYPE,
+                nullable: <$ty as ColumnValue>::NULLABLE,
+                doc: concat!($($doc),*).trim_ascii(),
+            }),*]
+        }
+
+        impl $row {
+            /// A numeric column's value by name (`None` for a null, text, or no such column).
+            pub fn number(&self, column: &str) -> Option<f64> {
+                match column {
+                    $( stringify!($field) => ColumnValue::as_number(&self.$field), )*
+                    _ => None,
+                }
+            }
+        }
+
+        fn to_batch(schema: &Arc<Schema>, rows: &[$row]) -> Result<RecordBatch, ArrowError> {
+            let columns = vec![$(
+                <$ty as ColumnValue>::to_array(rows.iter().map(|r| r.$field.clone()).collect()),
+            )*];
+            RecordBatch::try_new(schema.clone(), columns)
+        }
+
+        fn from_batch(b: &RecordBatch) -> Result<Vec<$row>, String> {
+            $(
+                let $field = b.column_by_name(stringify!($field));
+                if $field.is_none() && <$ty as ColumnValue>::absent().is_none() {
+                    return Err(format!("column `{}` is missing", stringify!($field)));
+                }
+            )*
+            (0..b.num_rows())
+                .map(|i| {
+                    Ok($row { $(
+                        $field: match $field {
+                            Some(array) => <$ty as ColumnValue>::read(array.as_ref(), i)
+                                .map_err(|e| format!("column `{}`: {e}", stringify!($field)))?,
+                            None => <$ty as ColumnValue>::absent().expect("checked above"),
+                        },
+                    )* })
+                })
+                .collect()
+        }
+    };
+}
+
+stats_columns! {
+    /// One row of the stats: a training step, an evaluation, or one extra metric at a step.
+    pub struct StatsRow {
+        /// Optimiser steps taken when the row was measured.
+        pub step: u64,
+        /// Training tokens seen at that step.
+        pub tokens: u64,
+        /// Seconds since the run started (across resumes).
+        pub wall_s: f64,
+        /// `train` or `val`.
+        pub split: Split,
+        /// Cross-entropy, nats per token (null on metric rows).
+        pub loss: Option<f64>,
+        /// Fraction of next tokens that were the argmax.
+        pub accuracy: Option<f64>,
+        /// Learning rate of that step (null before the first).
+        pub lr: Option<f64>,
+        /// Gradient L2 norm before clipping (train rows).
+        pub grad_norm: Option<f64>,
+        /// Training throughput over the last logging interval.
+        pub tokens_per_s: Option<f64>,
+        /// Name of an extra metric (a plugin's, or the kit's kurtosis); null on loss rows.
+        pub metric: Option<String>,
+        /// The extra metric's value.
+        pub value: Option<f64>,
+        /// The training plan's stage and any resume overrides (null without either).
+        pub stage: Option<String>,
+    }
 }
 
 impl StatsRow {
@@ -112,23 +288,11 @@ impl StatsRow {
 }
 
 pub fn schema(metadata: HashMap<String, String>) -> Schema {
-    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
     let mut metadata = metadata;
     metadata.insert(VERSION_KEY.into(), STATS_VERSION.to_string());
-    Schema::new(vec![
-        f("step", DataType::UInt64, false),
-        f("tokens", DataType::UInt64, false),
-        f("wall_s", DataType::Float64, false),
-        f("split", DataType::Utf8, false),
-        f("loss", DataType::Float64, true),
-        f("accuracy", DataType::Float64, true),
-        f("lr", DataType::Float64, true),
-        f("grad_norm", DataType::Float64, true),
-        f("tokens_per_s", DataType::Float64, true),
-        f("metric", DataType::Utf8, true),
-        f("value", DataType::Float64, true),
-        f("stage", DataType::Utf8, true),
-    ])
+    Schema::new(
+        columns().into_iter().map(|c| Field::new(c.name, c.data_type, c.nullable)).collect::<Vec<_>>(),
+    )
     .with_metadata(metadata)
 }
 
@@ -203,27 +367,6 @@ impl Drop for StatsWriter {
     }
 }
 
-fn to_batch(schema: &Arc<Schema>, rows: &[StatsRow]) -> Result<RecordBatch, ArrowError> {
-    let u = |f: fn(&StatsRow) -> u64| Arc::new(rows.iter().map(f).collect::<UInt64Array>()) as ArrayRef;
-    let opt =
-        |f: fn(&StatsRow) -> Option<f64>| Arc::new(rows.iter().map(f).collect::<Float64Array>()) as ArrayRef;
-    let columns = vec![
-        u(|r| r.step),
-        u(|r| r.tokens),
-        Arc::new(rows.iter().map(|r| r.wall_s).collect::<Float64Array>()) as ArrayRef,
-        Arc::new(rows.iter().map(|r| Some(r.split.as_str())).collect::<StringArray>()) as ArrayRef,
-        opt(|r| r.loss),
-        opt(|r| r.accuracy),
-        opt(|r| r.lr),
-        opt(|r| r.grad_norm),
-        opt(|r| r.tokens_per_s),
-        Arc::new(rows.iter().map(|r| r.metric.as_deref()).collect::<StringArray>()) as ArrayRef,
-        opt(|r| r.value),
-        Arc::new(rows.iter().map(|r| r.stage.as_deref()).collect::<StringArray>()) as ArrayRef,
-    ];
-    RecordBatch::try_new(schema.clone(), columns)
-}
-
 /// What a stats file holds, and whether it was read to its end.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -273,45 +416,33 @@ pub fn read_stats(path: &Path) -> Result<Stats, StatsError> {
     Ok(Stats { rows, metadata, finished: torn.is_none() && marked_end, torn })
 }
 
-fn from_batch(b: &RecordBatch) -> Result<Vec<StatsRow>, String> {
-    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<T>())
-            .ok_or_else(|| format!("column `{name}` is missing or has the wrong type"))
+/// Writes `stats.parquet` beside the stream at `stream` (`stats.arrows`), with every whole row
+/// it holds in the current schema: the file pandas, polars and DuckDB read directly (none of
+/// them opens an Arrow IPC stream). Through a temporary file and a rename.
+pub fn write_table(stream: &Path) -> Result<std::path::PathBuf, StatsError> {
+    let stats = read_stats(stream)?;
+    let path = stream.with_extension("parquet");
+    let tmp = stream.with_extension("parquet.tmp");
+    let parquet = |e: parquet::errors::ParquetError| StatsError::Parquet {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let schema = Arc::new(schema(stats.metadata.into_iter().filter(|(k, _)| k == RUN_KEY).collect()));
+    let written = (|| {
+        let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(properties)).map_err(parquet)?;
+        writer.write(&to_batch(&schema, &stats.rows)?).map_err(parquet)?;
+        writer.close().map_err(parquet)?;
+        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let step = col::<UInt64Array>(b, "step")?;
-    let tokens = col::<UInt64Array>(b, "tokens")?;
-    let wall = col::<Float64Array>(b, "wall_s")?;
-    let split = col::<StringArray>(b, "split")?;
-    let f = |name| col::<Float64Array>(b, name);
-    let (loss, acc, lr, gn, tps, value) =
-        (f("loss")?, f("accuracy")?, f("lr")?, f("grad_norm")?, f("tokens_per_s")?, f("value")?);
-    let metric = col::<StringArray>(b, "metric")?;
-    // Version 1 files have no stage column.
-    let stage = b.column_by_name("stage").and_then(|c| c.as_any().downcast_ref::<StringArray>());
-    let get = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    (0..b.num_rows())
-        .map(|i| {
-            Ok(StatsRow {
-                step: step.value(i),
-                tokens: tokens.value(i),
-                wall_s: wall.value(i),
-                split: match split.value(i) {
-                    "train" => Split::Train,
-                    "val" => Split::Val,
-                    other => return Err(format!("unknown split `{other}`")),
-                },
-                loss: get(loss, i),
-                accuracy: get(acc, i),
-                lr: get(lr, i),
-                grad_norm: get(gn, i),
-                tokens_per_s: get(tps, i),
-                metric: (!metric.is_null(i)).then(|| metric.value(i).to_owned()),
-                value: get(value, i),
-                stage: stage.filter(|s| !s.is_null(i)).map(|s| s.value(i).to_owned()),
-            })
-        })
-        .collect()
+    written.map(|()| path)
 }
 
 fn io(path: &Path, e: std::io::Error) -> StatsError {
@@ -385,6 +516,58 @@ mod tests {
         w.finish().unwrap();
         let err = read_stats(&path).unwrap_err();
         assert!(matches!(err, StatsError::FutureVersion { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn counts_are_int64_and_the_uint64_of_version_two_still_reads() {
+        let current = schema(HashMap::new());
+        assert_eq!(current.field_with_name("step").unwrap().data_type(), &DataType::Int64);
+        assert_eq!(current.field_with_name("tokens").unwrap().data_type(), &DataType::Int64);
+        let names: Vec<&str> = columns().iter().map(|c| c.name).collect();
+        assert_eq!(names[..4], ["step", "tokens", "wall_s", "split"]);
+        assert!(columns().iter().all(|c| !c.doc.is_empty()), "every column has its doc");
+        // A version-2 batch: the same columns with uint64 counts.
+        let fields: Vec<Field> = current
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "step" | "tokens" => Field::new(f.name(), DataType::UInt64, false),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let v2 =
+            Arc::new(Schema::new(fields).with_metadata(HashMap::from([(VERSION_KEY.into(), "2".into())])));
+        let full = to_batch(&Arc::new(current), &[row(7)]).unwrap();
+        let mut columns = full.columns().to_vec();
+        columns[0] = Arc::new(UInt64Array::from(vec![7u64]));
+        columns[1] = Arc::new(UInt64Array::from(vec![7 * 1024u64]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.arrows");
+        let mut w = StreamWriter::try_new(File::create(&path).unwrap(), &v2).unwrap();
+        w.write(&RecordBatch::try_new(v2.clone(), columns).unwrap()).unwrap();
+        w.finish().unwrap();
+        let read = read_stats(&path).unwrap();
+        assert_eq!(read.rows, vec![row(7)]);
+        assert_eq!(read.rows[0].number("tokens"), Some(7168.0));
+        assert_eq!(read.rows[0].number("metric"), None);
+    }
+
+    #[test]
+    fn a_finished_stream_is_also_written_as_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.arrows");
+        let mut w = StatsWriter::create(&path, r#"{"id":"x"}"#).unwrap();
+        for step in 1..=3 {
+            w.push(row(step));
+        }
+        w.finish().unwrap();
+        let table = write_table(&path).unwrap();
+        assert_eq!(table, dir.path().join("stats.parquet"));
+        let file = File::open(&table).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let batches: Vec<RecordBatch> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(from_batch(&batches[0]).unwrap(), (1..=3).map(row).collect::<Vec<_>>());
+        assert!(!dir.path().join("stats.parquet.tmp").exists());
     }
 
     #[test]

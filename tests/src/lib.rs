@@ -151,3 +151,16 @@ pub fn run_folders(folder: &Path) -> Vec<RunDir> {
 /// Overrides that make a model small enough for quick tests (the data pipeline stays real).
 pub const SMALL_MODEL: &[&str] =
     &["n_layer=1", "n_embd=64", "n_head=2", "context_length=32", "eval_windows=16"];
+
+/// Headless Chromium: `$LMHOST_CHROMIUM` (scripts/test.sh finds or installs it), else the first
+/// of its usual names on the PATH.
+pub fn chromium() -> PathBuf {
+    if let Some(path) = std::env::var_os("LMHOST_CHROMIUM").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .map(PathBuf::from)
+        .expect("headless Chromium is needed: run the tests with scripts/test.sh, which installs it")
+}

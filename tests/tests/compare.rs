@@ -159,10 +159,7 @@ fn the_page_renders_in_headless_chromium() {
     let out = tempfile::tempdir().unwrap();
     let report = out.path().join("report");
     assert!(compare(fixture(), &["--out", report.to_str().unwrap()]).success());
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .expect("headless Chromium is needed for this test: apt-get install -y chromium");
+    let chromium = lmhost_tests::chromium();
     let url = format!("file://{}", report.join("report.html").display());
     let profile = out.path().join("profile");
     let chrome = |extra: &[String]| {
@@ -183,7 +180,7 @@ fn the_page_renders_in_headless_chromium() {
         args.push(format!("--user-data-dir={}", profile.display()));
         args.extend(extra.iter().cloned());
         args.push(url.clone());
-        Command::new(chromium).args(&args).output().expect("run chromium")
+        Command::new(&chromium).args(&args).output().expect("run chromium")
     };
     let screenshot: PathBuf = out.path().join("report.png");
     let shot = chrome(&[format!("--screenshot={}", screenshot.display()), "--window-size=1400,2000".into()]);

@@ -70,5 +70,36 @@ fn value_norm_and_the_baseline_train_side_by_side() {
         String::from_utf8_lossy(&py.stderr)
     );
     let rows = runs[1].stats().rows.len();
-    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("{rows} True 2"));
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("{rows} True 3"));
+}
+
+/// The README's lines for pandas, polars and DuckDB, run on a finished run's `stats.parquet`:
+/// each opens it as it is, and `step` is a signed integer (`step - 10` does not wrap).
+#[test]
+fn stats_read_in_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", "baseline", "steps=12", "eval_every=6", "log_every=3"];
+    args.extend(lmhost_tests::SMALL_MODEL);
+    assert!(built().lmhost(dir.path(), &args).success());
+    let run = &runs(dir.path())[0];
+    let readme = std::fs::read_to_string(built().workspace_root.join("README.md")).unwrap();
+    let block = readme
+        .split("```python\n")
+        .find(|b| b.contains("read_parquet"))
+        .and_then(|b| b.split("```").next())
+        .expect("the README shows how to read stats.parquet");
+    let id = run.path.strip_prefix(dir.path()).unwrap().file_name().unwrap().to_str().unwrap();
+    let script = block.replace("<id>", id)
+        + "print(len(val), len(stats))\n"
+        + "print(pl.read_parquet('runs/ID/stats.parquet').select((pl.col('step') - 10).min()).item())\n".replace("ID", id).as_str()
+        + "print(duckdb.sql(\"select count(*) from 'runs/ID/stats.parquet' where split = 'train'\").fetchall()[0][0])\n".replace("ID", id).as_str();
+    let py =
+        std::process::Command::new("python3").args(["-c", &script]).current_dir(dir.path()).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let out = String::from_utf8_lossy(&py.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    let rows = run.stats().rows.len();
+    assert_eq!(lines[lines.len() - 3], format!("3 {rows}"), "three evaluations, every row: {out}");
+    assert_eq!(lines[lines.len() - 2], "-10", "step 0 minus 10: {out}");
+    assert_eq!(lines[lines.len() - 1], "12", "a train row per step: {out}");
 }

@@ -76,10 +76,36 @@ pub struct FieldSpec {
     pub default: Value,
     pub choices: Vec<String>,
     pub help: String,
+    /// The knob only observes (a logging or evaluation cadence, a checkpoint policy): it never
+    /// changes a run's numbers, so it is not part of what identifies a run, and runs that differ
+    /// in it alone are replicates (STYLE.md 13). Declared `#[observes = true]` in [`knobs!`].
+    #[serde(default)]
+    pub observes: bool,
 }
 
 impl FieldSpec {
-    pub fn new<T: KnobType>(name: &str, default: &T, doc: &str) -> Self {
+    /// A value as typed on the command line (`lr=3e-4`, `n_layer=6`, `gelu=tanh`) as the JSON this
+    /// knob takes, checked as the knob's own type checks it.
+    pub fn parse(&self, raw: &str) -> Result<Value, String> {
+        let bad = |what: &str| format!("{}={raw}: expected {what}", self.name);
+        let value = match self.kind.as_str() {
+            "int" => {
+                Value::from(raw.replace('_', "").parse::<u64>().map_err(|_| bad("a non-negative integer"))?)
+            }
+            "float" => match raw.parse::<f64>() {
+                Ok(v) if v.is_finite() => Value::from(v),
+                _ => return Err(bad("a finite number")),
+            },
+            "bool" => Value::from(raw.parse::<bool>().map_err(|_| bad("true or false"))?),
+            "enum" if !self.choices.iter().any(|c| c == raw) => {
+                return Err(bad(&format!("one of {}", self.choices.join(", "))))
+            }
+            _ => Value::from(raw),
+        };
+        Ok(value)
+    }
+
+    pub fn new<T: KnobType>(name: &str, default: &T, doc: &str, observes: bool) -> Self {
         let help = doc.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
         Self {
             name: name.to_owned(),
@@ -87,6 +113,7 @@ impl FieldSpec {
             default: default.to_json(),
             choices: T::choices().into_iter().map(str::to_owned).collect(),
             help,
+            observes,
         }
     }
 }
@@ -100,7 +127,9 @@ pub trait Knobs: Default + Clone + std::fmt::Debug {
     fn to_map(&self) -> Map<String, Value>;
 }
 
-/// Declares a struct of knobs: each field's doc comment is its help, `= expr` its default.
+/// Declares a struct of knobs: each field's doc comment is its help, `= expr` its default, and
+/// `#[observes = true]` after the doc marks a knob that never changes the numbers
+/// ([`FieldSpec::observes`]).
 ///
 /// ```
 /// lmhost_kit::knobs! {
@@ -119,7 +148,7 @@ macro_rules! knobs {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
-            $( $(#[doc = $doc:literal])* $fvis:vis $field:ident : $ty:ty = $default:expr ),* $(,)?
+            $( $(#[doc = $doc:literal])* $(#[observes = $observes:literal])? $fvis:vis $field:ident : $ty:ty = $default:expr ),* $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -140,7 +169,10 @@ macro_rules! knobs {
                 let defaults = Self::default();
                 vec![$(
                     $crate::config::FieldSpec::new::<$ty>(
-                        stringify!($field), &defaults.$field, concat!($($doc, "\n"),*),
+                        stringify!($field),
+                        &defaults.$field,
+                        concat!($($doc, "\n"),*),
+                        false $(|| $observes)?,
                     )
                 ),*]
             }
@@ -287,6 +319,9 @@ mod tests {
             /// Learning rate.
             lr: f64 = 6e-4,
             colour: Colour = Colour::Red,
+            /// How often to print.
+            #[observes = true]
+            every: u64 = 10,
         }
     }
 
@@ -298,6 +333,8 @@ mod tests {
         assert_eq!(f[0].default, Value::from(4));
         assert_eq!(f[0].help, "Layers. Second line.");
         assert_eq!(f[2].choices, vec!["red", "blue"]);
+        assert_eq!(f.iter().map(|f| f.observes).collect::<Vec<_>>(), [false, false, false, true]);
+        assert_eq!(f[3].help, "How often to print.");
     }
 
     #[test]
@@ -314,7 +351,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_a_map() {
-        let d = Demo { layers: 2, lr: 1e-3, colour: Colour::Blue };
+        let d = Demo { layers: 2, lr: 1e-3, colour: Colour::Blue, every: 3 };
         assert_eq!(Demo::from_map(&d.to_map()).unwrap(), d);
     }
 

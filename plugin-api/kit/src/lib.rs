@@ -51,6 +51,9 @@ pub mod prelude {
         TokenEmbedding,
     };
     pub use crate::{export_plugin, knob_enum, knobs};
+    // candle and candle-nn come with the kit (one version for the whole workspace): write
+    // `candle_nn::ops::…` after this prelude; never `cargo add` them to a plugin.
+    pub use crate::{candle, candle_nn};
     pub use candle_core::{DType, Device, Module, Result, Tensor, D};
     pub use candle_nn::{Init, VarBuilder};
 }

@@ -8,7 +8,8 @@ crate::knobs! {
     /// What is measured beside the loss.
     pub struct MetricsConfig {
         /// Every N optimiser steps, log the outlier kurtosis of each residual-stream state and the
-        /// blocks' own metrics (gains); 0 turns them off.
+        /// blocks' own metrics (gains), measured on a forward pass of their own; 0 turns them off.
+        #[observes = true]
         pub metrics_every: u64 = 25,
     }
 }

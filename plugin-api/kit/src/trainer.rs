@@ -152,9 +152,28 @@ pub fn parse_device(name: &str) -> Result<Device> {
              `cargo build --release --workspace --features lmhost/cuda`"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
-        KitError::Config(format!("device {name} is not available: {}", first_line(&e.to_string())))
-    })
+    // The driver and CUDA's libraries are loaded now, by cudarc, which panics when they are
+    // missing (a CUDA build on a machine without an NVIDIA driver): said in one line instead.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let device = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+    std::panic::set_hook(hook);
+    match device {
+        Ok(device) => device.map_err(|e| {
+            KitError::Config(format!("device {name} is not available: {}", first_line(&e.to_string())))
+        }),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(KitError::Config(format!(
+                "device {name} is not available: CUDA could not be loaded ({}); is there an NVIDIA driver, and CUDA 13's libraries on LD_LIBRARY_PATH?",
+                first_line(&why)
+            )))
+        }
+    }
 }
 
 /// candle's errors carry a backtrace after their first line when `RUST_BACKTRACE` is set.
@@ -162,11 +181,17 @@ pub fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or("").trim()
 }
 
-/// Every knob an experiment reads: the kit's model and optimiser knobs, then its own.
-pub fn config_fields<E: Experiment>() -> Vec<FieldSpec> {
+/// The knobs the kit declares for every experiment: the model's size, the optimiser, the metrics.
+pub fn kit_fields() -> Vec<FieldSpec> {
     let mut fields = GptConfig::fields();
     fields.extend(OptimConfig::fields());
     fields.extend(MetricsConfig::fields());
+    fields
+}
+
+/// Every knob an experiment reads: the kit's, then its own.
+pub fn config_fields<E: Experiment>() -> Vec<FieldSpec> {
+    let mut fields = kit_fields();
     fields.extend(E::Config::fields());
     fields
 }
@@ -363,29 +388,33 @@ impl<E: Experiment> Trainer<E> {
     }
 
     fn micro_batch(&mut self, ids: &[u32], rows: usize, cols: usize, loss_scale: f64) -> Result<Sums> {
-        if !self.metrics_due() {
-            let mut sums = Vec::new();
-            let mut stores = Vec::new();
-            for (s, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
-                sums.push(s);
-                stores.extend(grads);
-            }
-            self.accumulate_shards(&stores)?;
-            return Ok(Sums::sum(sums)?.expect("a batch has a shard"));
+        if self.metrics_due() {
+            self.measure(ids, rows, cols)?;
         }
-        // A step whose metrics are measured runs whole: the residual probe sees one forward.
+        let mut sums = Vec::new();
+        let mut stores = Vec::new();
+        for (s, grads) in self.sharded_loss(ids, rows, cols, Some(loss_scale))? {
+            sums.push(s);
+            stores.extend(grads);
+        }
+        self.accumulate_shards(&stores)?;
+        Ok(Sums::sum(sums)?.expect("a batch has a shard"))
+    }
+
+    /// The step's metrics, from a forward pass of its first micro-batch of its own (whole, so
+    /// that the residual probe sees every row), outside the training step: measuring never
+    /// changes what is trained or in what order gradients are summed.
+    fn measure(&mut self, ids: &[u32], rows: usize, cols: usize) -> Result<()> {
         if let Some(gpt) = self.model.gpt() {
             gpt.probe_residuals();
-        }
-        let (loss_sum, sums) = loss(&self.model, &self.device, ids, rows, cols)?;
-        if let Some(gpt) = self.model.gpt() {
+            let (inputs, _) = inputs_and_targets(&self.device, ids, rows, cols)?;
+            gpt.forward(&inputs)?;
             for (name, state) in gpt.take_residuals().unwrap_or_default() {
                 self.metrics.push((format!("kurtosis.{name}"), outlier_kurtosis(&state)?));
             }
         }
         self.metrics.extend(self.model.extra_metrics()?);
-        self.accumulate_shards(&[(loss_sum * loss_scale)?.backward()?])?;
-        Ok(sums)
+        Ok(())
     }
 
     /// Adds each shard's gradients to the accumulator, in shard order. Per parameter, with
@@ -618,8 +647,32 @@ impl<E: Experiment> Trainer<E> {
 fn serialize(tensors: Vec<(String, Tensor)>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let tensors =
         tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<Result<Vec<_>>>()?;
-    safetensors::tensor::serialize(tensors, Some(metadata))
-        .map_err(|e| KitError::State(format!("cannot write safetensors: {e}")))
+    let bytes = safetensors::tensor::serialize(tensors, Some(metadata))
+        .map_err(|e| KitError::State(format!("cannot write safetensors: {e}")))?;
+    canonical(bytes)
+}
+
+/// The same safetensors file with its header's metadata in key order: safetensors writes it in
+/// a hash map's order, which differs from process to process, and identical states must be
+/// identical files (a checkpoint's hash names its content).
+fn canonical(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |what: &str| KitError::State(format!("cannot write safetensors: {what}"));
+    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(|| bad("no header"))?.try_into().expect("8 bytes"))
+        as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(|| bad("a short header"))?;
+    let mut json: Map<String, Value> = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    if let Some(Value::Object(metadata)) = json.get_mut("__metadata__") {
+        let mut entries: Vec<(String, Value)> = std::mem::take(metadata).into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        metadata.extend(entries);
+    }
+    let mut text = serde_json::to_string(&json).map_err(|e| bad(&e.to_string()))?.into_bytes();
+    if text.len() > n {
+        return Err(bad("the header grew"));
+    }
+    text.resize(n, b' '); // safetensors pads its header with spaces to its length
+    bytes[8..8 + n].copy_from_slice(&text);
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -701,6 +754,40 @@ mod tests {
         let a = whole.evaluate(&b, 4, 17).unwrap().loss_sum;
         let c = parts.evaluate(&b, 4, 17).unwrap().loss_sum;
         assert!((a - c).abs() < 1e-3, "{a} vs {c}");
+    }
+
+    #[test]
+    fn measuring_metrics_changes_no_number() {
+        let losses = |metrics_every: u64| {
+            let config =
+                format!(r#"{{"n_layer": 2, "n_embd": 32, "n_head": 2, "metrics_every": {metrics_every}}}"#);
+            let mut t = Trainer::<Baseline>::new(&RunSpec::cpu(5, 64, 16), &config).unwrap();
+            let mut out = Vec::new();
+            for step in 0..4 {
+                out.push(t.forward_backward(&batch(4, 17, step), 4, 17, 1.0 / 64.0).unwrap().loss_sum);
+                t.optimizer_step(1e-2).unwrap();
+                t.extra_metrics().unwrap();
+            }
+            out
+        };
+        assert_eq!(losses(1), losses(1000), "metrics_every=1 and =1000 train the same numbers");
+        let mut t = Trainer::<Baseline>::new(
+            &RunSpec::cpu(5, 64, 16),
+            r#"{"n_layer": 2, "n_embd": 32, "n_head": 2, "metrics_every": 1}"#,
+        )
+        .unwrap();
+        t.forward_backward(&batch(4, 17, 0), 4, 17, 1.0 / 64.0).unwrap();
+        assert!(t.extra_metrics().unwrap().iter().any(|(n, v)| n == "kurtosis.final" && v.is_finite()));
+    }
+
+    #[test]
+    fn equal_states_are_equal_files() {
+        let metadata =
+            || HashMap::from([("b".into(), "2".into()), ("a".into(), "1".into()), ("c".into(), "3".into())]);
+        let states: Vec<Vec<u8>> = (0..4).map(|_| trainer(3).save_state(metadata()).unwrap()).collect();
+        assert!(states.windows(2).all(|w| w[0] == w[1]), "the header's metadata is in key order");
+        let (_, header) = safetensors::SafeTensors::read_metadata(&states[0]).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["a"], "1");
     }
 
     #[test]

@@ -90,10 +90,10 @@ impl Experiment for LatentAttention {
     const NAME: &'static str = "latent_attention";
     const SUMMARY: &'static str = "hlb-gpt's block: one fused projection, a gated MLP and one narrow attention head with a distance penalty.";
     const DESCRIPTION: &'static str =
-        "hlb-gpt's latent attention block. Pre-norm (LayerNorm without bias), one \\
-        residual: one matmul C → [q (C/8) | k (C/8) | lin (2C) | gate (2C)], g = lin · GELU(gate); \\
-        the first half of g is the MLP output, the second half the value of one C/8-wide attention \\
-        head whose logits get −softplus(p)·(i − j) (one learned p per layer, starting at 1); then \\
+        "hlb-gpt's latent attention block. Pre-norm (LayerNorm without bias), one \
+        residual: one matmul C → [q (C/8) | k (C/8) | lin (2C) | gate (2C)], g = lin · GELU(gate); \
+        the first half of g is the MLP output, the second half the value of one C/8-wide attention \
+        head whose logits get −softplus(p)·(i − j) (one learned p per layer, starting at 1); then \
         x += W_proj [g_local | attn].";
 
     fn build(spec: &ModelSpec, config: &LatentConfig, vb: VarBuilder) -> Result<Self> {

@@ -93,10 +93,10 @@ impl Experiment for Mup {
     const NAME: &'static str = "mup";
     const SUMMARY: &'static str =
         "μP for the baseline (per-group learning rates, readout scaling, 1/D attention), next to SP.";
-    const DESCRIPTION: &'static str = "Maximal-update parametrisation (Yang et al., Tensor Programs V) as \\
-        mup-lr-warmup applies it to hlb-gpt: with m = n_embd / mup_base_width, hidden weights train \\
-        at lr/m and start at N(0, σ²/m); embeddings, norms, biases and the head keep the base lr; \\
-        the readout computes W(x/m) with W √m larger at init; attention uses 1/D. variant=sp is the \\
+    const DESCRIPTION: &'static str = "Maximal-update parametrisation (Yang et al., Tensor Programs V) as \
+        mup-lr-warmup applies it to hlb-gpt: with m = n_embd / mup_base_width, hidden weights train \
+        at lr/m and start at N(0, σ²/m); embeddings, norms, biases and the head keep the base lr; \
+        the readout computes W(x/m) with W √m larger at init; attention uses 1/D. variant=sp is the \
         baseline. Their finding: μP beats SP at every warmup length, and warmup matters less.";
 
     fn variants() -> Vec<Variant> {

@@ -71,9 +71,9 @@ impl Experiment for OpBlockModel {
     const SUMMARY: &'static str =
         "The outlier-protected block: no pre-norms, QK RMSNorm, branches scaled by 0.2 (He et al. 2024).";
     const DESCRIPTION: &'static str =
-        "He et al., Understanding and Minimising Outlier Features in Transformer \\
-        Training (NeurIPS 2024). h = x + 0.2·Attn(x), out = h + 0.2·MLP(h), with no pre-norms (a \\
-        LayerNorm on the embeddings and the final norm remain) and RMSNorm on the queries and keys \\
+        "He et al., Understanding and Minimising Outlier Features in Transformer \
+        Training (NeurIPS 2024). h = x + 0.2·Attn(x), out = h + 0.2·MLP(h), with no pre-norms (a \
+        LayerNorm on the embeddings and the final norm remain) and RMSNorm on the queries and keys \
         of every head. Watch the kurtosis.* metrics: outlier features are what it removes.";
 
     fn build(spec: &ModelSpec, config: &OpConfig, vb: VarBuilder) -> Result<Self> {

@@ -94,9 +94,9 @@ impl Experiment for ReversePosition {
     type Config = AposConfig;
     const NAME: &'static str = "reverse_position_attention";
     const SUMMARY: &'static str = "A learned score for the distance back from each query (lmplay apos1).";
-    const DESCRIPTION: &'static str = "lmplay's reverse-position attention: per block P ∈ R^{H×D×T_max}, \\
-        s_ij = (q_i·k_j + q_i·P_h[:, i−j]) / √D (add) or (q_i·k_j)·(q_i·P_h[:, i−j]) / √D (mul), \\
-        then the causal softmax. Q·P is computed once and its (i−j) diagonal gathered; generation \\
+    const DESCRIPTION: &'static str = "lmplay's reverse-position attention: per block P ∈ R^{H×D×T_max}, \
+        s_ij = (q_i·k_j + q_i·P_h[:, i−j]) / √D (add) or (q_i·k_j)·(q_i·P_h[:, i−j]) / √D (mul), \
+        then the causal softmax. Q·P is computed once and its (i−j) diagonal gathered; generation \
         with a KV cache keeps the position term. Kept in the prod model.";
 
     fn variants() -> Vec<Variant> {

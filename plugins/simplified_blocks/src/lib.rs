@@ -317,12 +317,11 @@ impl Experiment for SimplifiedBlocks {
     type Config = SimplifiedConfig;
     const NAME: &'static str = "simplified_blocks";
     const SUMMARY: &'static str = "One block with gains: pre-LN, parallel, skipless and skipless-parallel with shaped attention (He & Hofmann 2024).";
-    const DESCRIPTION: &'static str =
-        "He & Hofmann, Simplifying Transformer Blocks (ICLR 2024). Sequential \\
-        h = βSA·Attn(N1(x)) + αSA·x, out = βFF·MLP(N2(h)) + αFF·h, or parallel out = βFF·MLP(u) + \\
-        βSA·Attn(u) + αFF·x with u = N1(x); RMSNorm, ReLU MLP, biases only on Q and K. The skipless \\
-        forms use shaped attention A = α·I + β·softmax(QKᵀ/√D) − γ·C with W_Q = 0 at start, identity \\
-        value and output projections (no matmul) except layer 0's W_V = W + I. norm=none keeps only a \\
+    const DESCRIPTION: &'static str = "He & Hofmann, Simplifying Transformer Blocks (ICLR 2024). Sequential \
+        h = βSA·Attn(N1(x)) + αSA·x, out = βFF·MLP(N2(h)) + αFF·h, or parallel out = βFF·MLP(u) + \
+        βSA·Attn(u) + αFF·x with u = N1(x); RMSNorm, ReLU MLP, biases only on Q and K. The skipless \
+        forms use shaped attention A = α·I + β·softmax(QKᵀ/√D) − γ·C with W_Q = 0 at start, identity \
+        value and output projections (no matmul) except layer 0's W_V = W + I. norm=none keeps only a \
         LayerNorm on the embeddings and the final norm. Gains and α, β, γ are logged as metrics.";
 
     fn variants() -> Vec<Variant> {

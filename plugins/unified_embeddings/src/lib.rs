@@ -105,10 +105,10 @@ impl Experiment for UnifiedEmbeddings {
     const SUMMARY: &'static str =
         "Token embeddings made by two linears from a table m times wider (lmplay ue1).";
     const DESCRIPTION: &'static str =
-        "lmplay's unified embeddings: e(t) = W2 · act(W1 · T[t] + b1) + b2 with \\
-        T: V × m·C (m = 8 by default), W1: m·C → M, W2: M → C (M = C by default). Computed once per \\
-        distinct id of a batch. Sacrificial: the prod model is the baseline with e(t) stored as its \\
-        plain embedding table. lmplay reports a 6-layer UE-8x model about 0.5 nats below the \\
+        "lmplay's unified embeddings: e(t) = W2 · act(W1 · T[t] + b1) + b2 with \
+        T: V × m·C (m = 8 by default), W1: m·C → M, W2: M → C (M = C by default). Computed once per \
+        distinct id of a batch. Sacrificial: the prod model is the baseline with e(t) stored as its \
+        plain embedding table. lmplay reports a 6-layer UE-8x model about 0.5 nats below the \
         6-layer baseline.";
     const SACRIFICIAL: bool = true;
 

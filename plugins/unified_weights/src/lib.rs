@@ -189,11 +189,11 @@ impl Experiment for UnifiedWeights {
     const SUMMARY: &'static str =
         "Learned scales and offsets around every dense weight (UW1), or shared-net biases (UW2).";
     const DESCRIPTION: &'static str =
-        "lmplay's unified weights. UW1: W'[o,i] = (W[o,i]·(m[o]+mb) + a[o]+ab) · \\
-        (im[i]+imb) + ia[i]+iab and b' = b + bb on every block linear and the head (uw1_0: m, mb, bb; \\
-        uw1_1: + im, imb; uw1_2: + a, ab, ia, iab). UW2: every block linear's bias is \\
-        Wb · GELU(Ws · e + bs) + bb with Ws, bs shared by all layers. Sacrificial: the prod model is \\
-        the plain baseline with the folded weights. lmplay reports about -0.10 validation loss for \\
+        "lmplay's unified weights. UW1: W'[o,i] = (W[o,i]·(m[o]+mb) + a[o]+ab) · \
+        (im[i]+imb) + ia[i]+iab and b' = b + bb on every block linear and the head (uw1_0: m, mb, bb; \
+        uw1_1: + im, imb; uw1_2: + a, ab, ia, iab). UW2: every block linear's bias is \
+        Wb · GELU(Ws · e + bs) + bb with Ws, bs shared by all layers. Sacrificial: the prod model is \
+        the plain baseline with the folded weights. lmplay reports about -0.10 validation loss for \
         UW1 against its 6-layer baseline.";
     const SACRIFICIAL: bool = true;
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The tests, set up on a fresh machine: finds (or installs) what the end-to-end tests use beside
+# Rust — headless Chromium, and pyarrow, pandas, polars and DuckDB in a private folder — then runs
+# `cargo test --release --workspace` with them. CI runs exactly this (.ci/run).
+#
+#   scripts/test.sh                  # the whole suite
+#   scripts/test.sh -p reports       # arguments go to cargo test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Chromium renders reports in one test and drives the dashboard in others.
+chromium=""
+for name in chromium chromium-browser google-chrome; do
+  if command -v "$name" >/dev/null 2>&1; then chromium=$(command -v "$name"); break; fi
+done
+if [ -z "$chromium" ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    echo "test: installing Chromium (apt-get install chromium)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    chromium=$(command -v chromium)
+  else
+    echo "test: Chromium is needed (apt-get install chromium, or put chromium on PATH)" >&2
+    exit 1
+  fi
+fi
+export LMHOST_CHROMIUM=$chromium
+
+# Python readers of the stats, installed privately so that nothing system-wide changes.
+py=target/test-python
+if ! PYTHONPATH=$py python3 -c "import pyarrow, pandas, polars, duckdb" 2>/dev/null; then
+  echo "test: installing pyarrow, pandas, polars and duckdb into $py" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --target "$py" pyarrow pandas polars duckdb
+fi
+export PYTHONPATH=$PWD/$py${PYTHONPATH:+:$PYTHONPATH}
+
+exec cargo test --release --workspace "$@"
