@@ -195,8 +195,10 @@ pub fn decide(
             let baseline = p.arm == Arm::Baseline && comparing;
             let twins = store.twins(&record.fingerprint);
             let finished = twins.iter().rev().find(|(_, r)| r.status == Status::Finished).cloned();
-            let reusable = |r: &RunRecord| {
-                plan.reuse_finished || (baseline && (!plan.retrain_baseline || r.created_at >= plan.since))
+            // --retrain-baseline: only a baseline this same command trained serves.
+            let reusable = |r: &RunRecord| match baseline && plan.retrain_baseline {
+                true => r.created_at >= plan.since,
+                false => plan.reuse_finished || baseline,
             };
             if let Some((dir, record)) = finished.filter(|(_, r)| reusable(r)) {
                 return Ok(Decision::Reuse { dir, record });

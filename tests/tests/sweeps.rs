@@ -145,3 +145,35 @@ fn the_slurm_array_runs_each_configuration_once() {
     let name = folder.file_name().unwrap().to_str().unwrap();
     assert!(dir.path().join("reports").join(name).join("report.html").is_file(), "{out}");
 }
+
+#[test]
+fn slurm_tasks_skip_finished_runs_resume_interrupted_ones_and_keep_their_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = built().plugin("value_norm");
+    let mut args = vec!["sweep"];
+    args.extend(sweep_args(&plugin, &["--emit", "slurm", "--out", "sweep.sh"]));
+    assert!(built().lmhost(dir.path(), &args).success());
+    let script = dir.path().join("sweep.sh");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("#SBATCH --signal=TERM@120\n") && text.contains("#SBATCH --requeue\n"), "{text}");
+    assert!(text.contains(r#"sbatch --parsable "$0" "$@""#), "the script passes its arguments on: {text}");
+    // A task submitted twice (or requeued) trains its run once.
+    for _ in 0..2 {
+        let (ok, out) = bash(&script, &[("SLURM_ARRAY_TASK_ID", "4")], &[], None);
+        assert!(ok, "{out}");
+    }
+    let folder = sweep_folder(dir.path());
+    assert_eq!(run_folders(&folder).len(), 1, "the second submission reused the finished run");
+    // A run stopped by the time limit's SIGTERM is interrupted; its requeued task resumes it.
+    let run = &run_folders(&folder)[0];
+    let record = run.path.join("run.json");
+    let text = std::fs::read_to_string(&record).unwrap().replace("\"finished\"", "\"interrupted\"");
+    std::fs::write(&record, text).unwrap();
+    let (ok, out) = bash(&script, &[("SLURM_ARRAY_TASK_ID", "4")], &[], None);
+    assert!(ok && out.contains("resuming the interrupted"), "{out}");
+    assert_eq!(run_folders(&folder).len(), 1);
+    assert_eq!(run_folders(&folder)[0].status(), "finished");
+    // The script's own arguments reach the task (steps=5 here, the sweep's steps=4 otherwise).
+    let (ok, out) = bash(&script, &[("SLURM_ARRAY_TASK_ID", "5")], &["steps=5", "--dry-run"], None);
+    assert!(ok && out.contains("steps=5"), "{out}");
+}

@@ -37,7 +37,17 @@ pub use candle_nn;
 pub use plugin_api;
 pub use serde_json;
 
-/// `use lmhost_kit::prelude::*;` brings in what a plugin's `lib.rs` usually needs.
+/// `use lmhost_kit::prelude::*;` brings in what a plugin's `lib.rs` usually needs, candle and
+/// candle-nn among it (the workspace's one version; a plugin never adds them itself):
+///
+/// ```
+/// use lmhost_kit::prelude::*;
+/// let x = Tensor::new(&[0f32, 1.0], &Device::Cpu)?;
+/// let y = candle_nn::ops::sigmoid(&x)?; // candle-nn through the kit
+/// assert_eq!(y.to_vec1::<f32>()?[0], 0.5);
+/// let _: candle::DType = y.dtype();
+/// # Ok::<(), candle::Error>(())
+/// ```
 pub mod prelude {
     pub use crate::config::{KnobType, Knobs};
     pub use crate::experiment::{Experiment, Variant};
