@@ -24,7 +24,7 @@ pub struct BenchArgs {
     /// Untimed steps first (allocations, thread pools).
     #[arg(long, default_value_t = 3)]
     warmup: u64,
-    /// tiny (the reference model), small or gpt2ish.
+    /// A preset: tiny (the reference model), small, llama-tiny, llama-small, gpt2ish or gpt2.
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Where tokenizers and token caches go.

@@ -59,6 +59,9 @@ enum Command {
     Describe {
         /// `baseline`, a plugin library, a plugin crate folder, or a plugin name.
         plugin: String,
+        /// key=value overrides of the tiny preset the parameter table is built with
+        /// (e.g. `arch=llama optimizer=muon variant=NAME`).
+        overrides: Vec<String>,
     },
     /// Measure training throughput (tokens/s) and peak memory.
     Bench(crate::bench::BenchArgs),
@@ -244,7 +247,7 @@ fn config_help() -> String {
     }
     out.push_str("\nPresets:\n");
     for p in PRESETS {
-        out.push_str(&format!("  {:<10} {}\n", p.name, p.about));
+        out.push_str(&format!("  {:<12} {}\n", p.name, p.about));
     }
     out
 }
@@ -345,7 +348,7 @@ fn dispatch(command: Command) -> Result<bool> {
         Command::Export(args) => crate::export_cmd::export_command(&args),
         Command::New { name } => crate::scaffold::new_plugin(&name),
         Command::List => list(),
-        Command::Describe { plugin } => describe(&plugin),
+        Command::Describe { plugin, overrides } => describe(&plugin, &overrides),
         Command::Bench(args) => {
             crate::memory::keep_freed_memory();
             crate::bench::bench(&args)
@@ -433,11 +436,13 @@ fn list() -> Result<bool> {
     Ok(true)
 }
 
-fn describe(arg: &str) -> Result<bool> {
+fn describe(arg: &str, overrides: &[String]) -> Result<bool> {
     let source = workspace::resolve_plugin_arg(arg)?;
+    let request = Request::new("tiny", None, overrides)?;
+    let probed = probe(&source, &request)?;
     let d = match &source {
         PluginSource::Builtin => PluginDescription::builtin(),
-        other => probe(other, &Request { preset: "tiny".into(), ..Request::default() })?.description,
+        _ => probed.description,
     };
     println!(
         "{} {} (plugin-api {}){}",
@@ -462,6 +467,19 @@ fn describe(arg: &str) -> Result<bool> {
     println!("\nRun config keys (the host's, the same for every plugin):");
     for f in &RunConfig::fields() {
         print!("{}", field_line(f));
+    }
+    let shown = if overrides.is_empty() { String::new() } else { format!(" {}", overrides.join(" ")) };
+    println!("\nParameters (preset tiny{shown}; how the optimiser updates each):");
+    match crate::model::parameters(&source, &probed.config) {
+        Ok(table) => {
+            println!("  {:<44} {:<14} {:<7} {:<8} lr ×", "name", "shape", "decay", "rule");
+            for p in table {
+                let shape = format!("{:?}", p.shape);
+                let decay = if p.decay { "yes" } else { "no" };
+                println!("  {:<44} {shape:<14} {decay:<7} {:<8} {}", p.name, p.rule, p.lr_scale);
+            }
+        }
+        Err(e) => println!("  (not listed: {e:#})"),
     }
     Ok(true)
 }

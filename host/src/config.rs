@@ -99,8 +99,8 @@ lmhost_kit::knobs! {
         /// A training plan (TOML or JSON): stages of data mixtures, token budgets and schedules.
         /// The number of steps then follows from the plan; dataset still fixes tokenizer and validation set.
         pub plan: String = String::new(),
-        /// Start from weights instead of the seeded initialisation: hf:DIR, a Hugging Face GPT-2
-        /// folder (its architecture and tokenizer become the run's), or a safetensors file under
+        /// Start from weights instead of the seeded initialisation: hf:DIR, a Hugging Face GPT-2 or
+        /// Llama folder (its architecture and tokenizer become the run's), or a safetensors file under
         /// the model's own parameter names (`lmhost export`).
         pub init: String = String::new(),
     }
@@ -166,6 +166,8 @@ impl RunConfig {
 pub struct Preset {
     pub name: &'static str,
     pub about: &'static str,
+    /// A preset whose settings come first (this one's override them).
+    pub extends: Option<&'static str>,
     pub settings: &'static [(&'static str, &'static str)],
 }
 
@@ -173,16 +175,19 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "tiny",
         about: "tests, demo and benchmark: 4 layers, width 256, 4 heads, context 128, vocab 4096, batch 8",
+        extends: None,
         settings: &[("n_layer", "4"), ("n_embd", "256"), ("n_head", "4"), ("context_length", "128"), ("vocab_size", "4096"), ("batch_size", "8"), ("micro_batch_size", "8")],
     },
     Preset {
         name: "small",
         about: "6 layers, width 384, 6 heads, context 256, vocab 8192, batch 8",
+        extends: None,
         settings: &[("n_layer", "6"), ("n_embd", "384"), ("n_head", "6"), ("context_length", "256"), ("vocab_size", "8192"), ("batch_size", "8"), ("micro_batch_size", "8")],
     },
     Preset {
         name: "gpt2",
         about: "GPT-2 124M exactly (Hugging Face GPT2LMHeadModel): 12 layers, width 768, 12 heads, context 1024, vocab 50257, tanh GELU, tied head without bias",
+        extends: None,
         settings: &[
             ("n_layer", "12"), ("n_embd", "768"), ("n_head", "12"), ("context_length", "1024"), ("vocab_size", "50257"),
             ("gelu", "tanh"), ("tied_head", "true"), ("head_bias", "false"), ("batch_size", "8"), ("micro_batch_size", "4"),
@@ -191,22 +196,39 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "gpt2ish",
         about: "lmplay's published setting: 6 layers, width 768, 12 heads, context 1024, batch 50 from micro-batches of 10, Adagrad at a fixed 6e-4, no weight decay",
+        extends: None,
         settings: &[
             ("n_layer", "6"), ("n_embd", "768"), ("n_head", "12"), ("context_length", "1024"), ("vocab_size", "50257"),
             ("batch_size", "50"), ("micro_batch_size", "10"), ("optimizer", "adagrad"), ("lr", "6e-4"),
             ("schedule", "constant"), ("warmup", "0"), ("weight_decay", "0"), ("eps", "1e-10"),
         ],
     },
+    Preset {
+        name: "llama-tiny",
+        about: "tiny in the Llama architecture: RoPE, RMSNorm, SwiGLU, no biases",
+        extends: Some("tiny"),
+        settings: &[("arch", "llama")],
+    },
+    Preset {
+        name: "llama-small",
+        about: "small in the Llama architecture: RoPE, RMSNorm, SwiGLU, no biases",
+        extends: Some("small"),
+        settings: &[("arch", "llama")],
+    },
 ];
 
-pub fn preset(name: &str) -> Result<&'static [(&'static str, &'static str)]> {
-    PRESETS.iter().find(|p| p.name == name).map(|p| p.settings).with_context(|| {
+/// A preset's settings, those of the preset it extends first.
+pub fn preset(name: &str) -> Result<Vec<(&'static str, &'static str)>> {
+    let Some(p) = PRESETS.iter().find(|p| p.name == name) else {
         let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-        match closest(name, &names) {
+        anyhow::bail!(match closest(name, &names) {
             Some(near) => format!("unknown preset `{name}` (did you mean `{near}`?)"),
             None => format!("unknown preset `{name}`: use one of {}", names.join(", ")),
-        }
-    })
+        })
+    };
+    let mut settings = p.extends.map(preset).transpose()?.unwrap_or_default();
+    settings.extend_from_slice(p.settings);
+    Ok(settings)
 }
 
 /// One arm's resolved config: the host's part and the model's part (sent to the plugin).
@@ -291,7 +313,7 @@ pub fn resolve_arm(plugin: &PluginDescription, request: &Request) -> Result<(Arm
             }
         }
     }
-    for (key, raw) in crate::hf_gpt2::implied_keys(request)? {
+    for (key, raw) in crate::hf::implied_keys(request)? {
         if let Some(value) = parse(&key, &raw)? {
             set(&key, value);
         }

@@ -1,8 +1,8 @@
 //! `lmhost export`: a run's weights as safetensors; with `--prod`, a sacrificial experiment's
 //! weights folded into the baseline's layout, and with `--verify` the proof that they work: the
 //! plain built-in baseline loaded with them gives the trained experiment's logits, with the
-//! baseline's parameter count. `--format hf-gpt2` writes a folder Hugging Face `transformers`
-//! loads as `GPT2LMHeadModel`.
+//! baseline's parameter count. `--format hf-gpt2` and `hf-llama` write a folder Hugging Face
+//! `transformers` loads as `GPT2LMHeadModel` or `LlamaForCausalLM`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,12 +25,14 @@ lmhost_kit::knob_enum! {
         Safetensors = "safetensors",
         /// A Hugging Face GPT-2 folder: config.json, model.safetensors, tokenizer.
         HfGpt2 = "hf-gpt2",
+        /// A Hugging Face Llama folder, from a run of arch=llama.
+        HfLlama = "hf-llama",
     }
 }
 
 impl clap::ValueEnum for ExportFormat {
     fn value_variants<'a>() -> &'a [Self] {
-        &[Self::Safetensors, Self::HfGpt2]
+        &[Self::Safetensors, Self::HfGpt2, Self::HfLlama]
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
@@ -48,12 +50,13 @@ pub struct ExportArgs {
     /// Load the prod weights into the built-in baseline and check its logits against the experiment's.
     #[arg(long, requires = "prod")]
     verify: bool,
-    /// safetensors, or hf-gpt2: a folder `GPT2LMHeadModel.from_pretrained` loads (needs a
-    /// model trained with head_bias=false; gelu=tanh tied_head=true make it GPT-2 exactly).
+    /// safetensors; hf-gpt2: a folder `GPT2LMHeadModel.from_pretrained` loads (needs a
+    /// model trained with head_bias=false; gelu=tanh tied_head=true make it GPT-2 exactly);
+    /// hf-llama: one `LlamaForCausalLM.from_pretrained` loads (a run of arch=llama).
     #[arg(long, default_value = "safetensors")]
     format: ExportFormat,
     /// Where to write [default: RUN/prod.safetensors, RUN/weights.safetensors without --prod,
-    /// RUN/hf-gpt2 with --format hf-gpt2].
+    /// RUN/hf-gpt2 or RUN/hf-llama with --format hf-gpt2 or hf-llama].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Replace the file at the destination.
@@ -62,8 +65,8 @@ pub struct ExportArgs {
 }
 
 pub fn export_command(args: &ExportArgs) -> Result<bool> {
-    if args.format == ExportFormat::HfGpt2 {
-        return export_hf_gpt2(args);
+    if args.format != ExportFormat::Safetensors {
+        return export_hf(args);
     }
     let mut run = Trained::open(&args.run)?;
     let name = run.plugin.description.name.clone();
@@ -136,26 +139,30 @@ fn verify(run: &mut Trained, prod: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `--format hf-gpt2`: the model's weights in the baseline's layout (a sacrificial experiment's
-/// prod weights) as a Hugging Face GPT-2 folder.
-fn export_hf_gpt2(args: &ExportArgs) -> Result<bool> {
+/// `--format hf-gpt2 | hf-llama`: the model's weights in the baseline's layout (a sacrificial
+/// experiment's prod weights) as a Hugging Face folder.
+fn export_hf(args: &ExportArgs) -> Result<bool> {
     let mut run = Trained::open(&args.run)?;
-    let out = args.out.clone().unwrap_or_else(|| args.run.join("hf-gpt2"));
+    let out = args.out.clone().unwrap_or_else(|| args.run.join(args.format.as_str()));
     if out.join("model.safetensors").exists() && !args.overwrite {
         bail!("{} already holds a model; pass --overwrite to replace it, or another --out", out.display());
     }
     let bytes = prod_weights(&mut run.model)?;
     let weights = lmhost_kit::candle::safetensors::load_buffer(&bytes, &Device::Cpu)?;
     let tokenizer = run.tokenizer_path();
-    let spec = crate::hf_gpt2::ExportSpec {
+    let spec = crate::hf::ExportSpec {
         model: &run.record.config.model,
         vocab_size: run.spec.vocab_size as usize,
         context_length: run.spec.context_length as usize,
         tokenizer: &tokenizer,
     };
-    crate::hf_gpt2::export(weights, &spec, &out)?;
+    let (folder, class) = match args.format {
+        ExportFormat::HfLlama => (crate::hf::llama::folder(weights, &spec)?, "LlamaForCausalLM"),
+        _ => (crate::hf::gpt2::folder(weights, &spec)?, "GPT2LMHeadModel"),
+    };
+    crate::hf::write_folder(folder, &spec, &out)?;
     println!(
-        "wrote {} (config.json, model.safetensors, tokenizer.json); load it with GPT2LMHeadModel.from_pretrained",
+        "wrote {} (config.json, model.safetensors, tokenizer.json); load it with {class}.from_pretrained",
         out.display()
     );
     Ok(true)

@@ -16,7 +16,7 @@ pub mod console;
 pub mod events;
 pub mod export_cmd;
 pub mod generate_cmd;
-pub mod hf_gpt2;
+pub mod hf;
 pub mod interpolate;
 pub mod interrupt;
 pub mod lineage;

@@ -1,6 +1,6 @@
 //! `lmhost logits`: a model's logits for given token ids, written as safetensors: the way to
 //! check lmhost against another implementation (llm.c-style golden tests), for a trained run or
-//! a Hugging Face GPT-2 folder loaded into the built-in baseline.
+//! a Hugging Face GPT-2 or Llama folder loaded into the built-in baseline.
 
 use std::path::{Path, PathBuf};
 
@@ -9,14 +9,14 @@ use anyhow::{bail, Context, Result};
 use lmhost_kit::candle::{DType, Device, Tensor};
 use plugin_api::{ModelBox, RunSpec, TokenBatch};
 
-use crate::hf_gpt2::{self, HfGpt2Config};
+use crate::hf::HfModel;
 use crate::plugin::Plugin;
 use crate::restore::Trained;
 use crate::run_store::write_atomic;
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
-    /// A run folder, or hf:DIR for a Hugging Face GPT-2 folder.
+    /// A run folder, or hf:DIR for a Hugging Face GPT-2 or Llama folder.
     model: String,
     /// A safetensors file with an integer tensor `ids` of shape (rows, tokens).
     #[arg(long)]
@@ -65,21 +65,22 @@ fn read_ids(path: &Path) -> Result<(Vec<u32>, usize, usize)> {
 /// The built-in baseline in the folder's architecture, loaded with its weights; with its
 /// vocabulary size and context length.
 pub fn hf_baseline(dir: &Path) -> Result<(ModelBox, usize, usize)> {
-    let config = HfGpt2Config::read(dir)?;
+    let config = HfModel::read(dir)?;
+    let (vocab, context) = (config.vocab_size(), config.positions());
     let spec = RunSpec {
         device: "cpu".into(),
         dtype: "f32".into(),
         seed: 0,
-        vocab_size: config.vocab_size as u32,
-        context_length: config.n_positions as u32,
+        vocab_size: vocab as u32,
+        context_length: context as u32,
     };
     let mut model = Plugin::builtin()
         .create(&spec, &config.model_keys()?)
         .map_err(|e| anyhow::anyhow!("baseline {e}"))?;
-    let weights = hf_gpt2::weights_file(dir, &config, config.n_positions)?;
+    let weights = config.weights_file(dir, context)?;
     model
         .load_weights(RSlice::from_slice(&weights))
         .into_result()
         .map_err(|e| anyhow::anyhow!("{} does not fit the baseline: {e}", dir.display()))?;
-    Ok((model, config.vocab_size, config.n_positions))
+    Ok((model, vocab, context))
 }

@@ -84,3 +84,29 @@ mod tests {
         assert!(defers("0.1.2") && defers("0.1.10") && defers("0.2.0"));
     }
 }
+
+/// One row of a model's parameter table (plugin-api 0.1.3's `parameters`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ParameterRow {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub decay: bool,
+    /// The update rule: adamw, muon, adagrad or sgd.
+    pub rule: String,
+    pub lr_scale: f64,
+}
+
+/// Builds the arm's model (on its device, at its size) and lists its parameters.
+pub fn parameters(
+    source: &crate::plugin::PluginSource,
+    config: &crate::config::ArmConfig,
+) -> anyhow::Result<Vec<ParameterRow>> {
+    let plugin = crate::plugin::Plugin::open(source)?;
+    let run = config.run_config()?;
+    let model = plugin
+        .create(&run.run_spec(run.vocab_size), &config.model)
+        .map_err(|e| anyhow::anyhow!("{} {e}", plugin.description.name))?;
+    let json =
+        model.parameters().into_result().map_err(|e| anyhow::anyhow!("{} {e}", plugin.description.name))?;
+    Ok(serde_json::from_str(json.as_str())?)
+}

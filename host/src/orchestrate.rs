@@ -61,7 +61,7 @@ pub fn train(plan: &RunPlan) -> Result<Trained> {
     if !plan.dry_run {
         check_writable(&plan.runs_dir)?;
     }
-    if let Some(note) = crate::hf_gpt2::dropout_note(&run_config.init) {
+    if let Some(note) = crate::hf::dropout_note(&run_config.init) {
         eprintln!("{note}");
     }
     let data = crate::events::prepare_data(&run_config.data_settings(), &plan.cache_dir)

@@ -122,8 +122,7 @@ fn load_init(model: &mut Model, config: &RunConfig) -> Result<()> {
     let weights = match config.init.strip_prefix("hf:") {
         Some(dir) => {
             let dir = Path::new(dir);
-            let hf = crate::hf_gpt2::HfGpt2Config::read(dir)?;
-            crate::hf_gpt2::weights_file(dir, &hf, config.context_length)?
+            crate::hf::HfModel::read(dir)?.weights_file(dir, config.context_length)?
         }
         None => {
             std::fs::read(&config.init).with_context(|| format!("init={}: cannot read it", config.init))?

@@ -298,6 +298,15 @@ pub trait TrainableModel {
     fn counters(&self) -> Counters {
         Counters::default()
     }
+
+    // Added in 0.1.3.
+
+    /// Every parameter and how the optimiser treats it, as a JSON array of objects
+    /// `{"name", "shape", "decay", "rule", "lr_scale"}` (`rule`: the update rule, e.g. adamw or
+    /// muon), in the model's order: what `lmhost describe` lists.
+    fn parameters(&self) -> RResult<RString, PluginError> {
+        RErr(older_plugin("parameters"))
+    }
 }
 
 fn older_plugin(call: &str) -> PluginError {

@@ -52,7 +52,7 @@ fn a_plugin_built_against_an_older_plugin_api_is_refused() {
     let old = built().plugin("old_api_plugin");
     let ran = run(dir.path(), old.to_str().unwrap(), &[]);
     let line = one_clear_error(&ran, "libold_api_plugin.so", "rebuild the plugin");
-    assert!(line.contains("plugin-api 0.0.9") && line.contains("0.1.2"), "{line}");
+    assert!(line.contains("plugin-api 0.0.9") && line.contains("0.1.3"), "{line}");
 }
 
 #[test]

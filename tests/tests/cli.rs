@@ -10,7 +10,7 @@ fn describe_shows_variants_and_every_config_key() {
     assert!(ran.success());
     let out = ran.stdout();
     for needle in [
-        "value_norm 0.1.0 (plugin-api 0.1.2)",
+        "value_norm 0.1.0 (plugin-api 0.1.3)",
         "normv1_1",
         "\"value_norm_blocks\":\"from1\"",
         "value_norm_blocks",

@@ -243,9 +243,15 @@ fn bad_input_gets_one_clear_line() {
     // Different tokenizers: refused, unless forced.
     let record = runs[0].path.join("run.json");
     let original = std::fs::read_to_string(&record).unwrap();
-    let fingerprint =
-        runs[0].record["data"]["manifest"]["tokenizer_fingerprint"].as_str().unwrap().to_owned();
-    std::fs::write(&record, original.replace(&fingerprint, &"0".repeat(64))).unwrap();
+    // Both identities change: the file's and, where the run recorded it, its content's.
+    let manifest = &runs[0].record["data"]["manifest"];
+    let mut edited = original.clone();
+    for key in ["tokenizer_fingerprint", "tokenizer_content"] {
+        if let Some(identity) = manifest[key].as_str() {
+            edited = edited.replace(identity, &"0".repeat(identity.len()));
+        }
+    }
+    std::fs::write(&record, edited).unwrap();
     one_error(&compare(d, &["--out", "x"]), &["different tokenizers", "--force"]);
     assert!(compare(d, &["--out", "x", "--force"]).success());
     std::fs::write(&record, &original).unwrap();

@@ -186,6 +186,10 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
         guard(|| Ok(self.0.export_prod()?.into()))
     }
 
+    fn parameters(&self) -> RResult<RString, PluginError> {
+        guard(|| Ok(serde_json::Value::from(self.0.parameters()).to_string().into()))
+    }
+
     fn param_counts(&self) -> ParamCounts {
         // Counting cannot fail for a model that was built; a failure reports zero counts.
         guard(|| self.0.param_counts()).unwrap_or_default()

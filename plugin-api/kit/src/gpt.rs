@@ -1,10 +1,20 @@
-//! The baseline GPT ("GPT2ish", from lmplay, itself nanoGPT's GPT-2).
+//! The two built-in baselines, built from the same parts.
 //!
-//! Pre-LN: token embedding + learned absolute position embedding (initialised to zero) → L blocks
-//! of `x += Attn(LN1(x)); x += MLP(LN2(x))` → final LN → untied linear head with bias. Attention:
+//! `arch=gpt2` ("GPT2ish", from lmplay, itself nanoGPT's GPT-2): token embedding + learned
+//! absolute position embedding (initialised to zero) → L pre-LN blocks of
+//! `x += Attn(LN1(x)); x += MLP(LN2(x))` → final LN → untied linear head with bias. Attention:
 //! one fused q/k/v projection and an output projection, with biases; causal scaled dot product.
-//! MLP: C → 4C → C with exact (erf) GELU. LayerNorm eps 1e-5. Weights N(0, 0.02); the two
-//! projections into the residual stream N(0, 0.02/√(2L)) (GPT-2 paper, §2.3).
+//! MLP: C → 4C → C with exact (erf) GELU. LayerNorm eps 1e-5.
+//!
+//! `arch=llama` (Transformer++, as in Llama and the Mamba paper's baseline): the same pre-norm
+//! block with RMSNorm (eps 1e-5, a gain and no bias) in place of LayerNorm, rotary position
+//! embeddings on q and k (RoFormer, θ = 10000, Hugging Face's rotate-half pairing) in place of
+//! the position table, no biases anywhere, and a SwiGLU MLP `W2 · (SiLU(W1 x) ⊙ (W3 x))` of hidden
+//! width ⌈8C/3⌉ rounded up to a multiple of 64 (Llama's rule: the parameters of a 4C MLP); final
+//! RMSNorm, untied head without bias.
+//!
+//! Both: weights N(0, 0.02); the two projections into the residual stream N(0, 0.02/√(2L))
+//! (GPT-2 paper, §2.3).
 //!
 //! Three knobs give the exact GPT-2 of Hugging Face's `GPT2LMHeadModel` instead: `gelu=tanh`
 //! (its `gelu_new`), `tied_head=true` (the head reuses the token embedding) and `head_bias=false`.
@@ -20,10 +30,21 @@ use candle_nn::VarBuilder;
 use std::sync::Mutex;
 
 use crate::kernels;
-use crate::nn::{self, LayerNorm};
+use crate::nn::{self, RmsNorm};
 use crate::parts::{
-    Attention, Block, Dense, DenseSpec, KvCache, LayerCache, Named, Norm, Recipe, TokenEmbedding,
+    Attention, Block, Dense, DenseSpec, FeedForward, KvCache, LayerCache, Named, Norm, Positions, Recipe,
+    TokenEmbedding,
 };
+
+crate::knob_enum! {
+    /// Which baseline the parts are put together as.
+    pub enum Arch {
+        /// GPT-2's: LayerNorm, learned absolute positions, GELU MLP, biases.
+        Gpt2 = "gpt2",
+        /// Transformer++ (Llama's): RMSNorm, rotary positions, SwiGLU MLP, no biases.
+        Llama = "llama",
+    }
+}
 
 crate::knob_enum! {
     /// Which GELU the MLP uses.
@@ -38,6 +59,8 @@ crate::knob_enum! {
 crate::knobs! {
     /// The size of the model; vocabulary and context length come from the run.
     pub struct GptConfig {
+        /// gpt2 (LayerNorm, learned positions, GELU MLP, biases) or llama (RMSNorm, RoPE, SwiGLU, no biases).
+        pub arch: Arch = Arch::Gpt2,
         /// Transformer blocks (L).
         pub n_layer: usize = 4,
         /// Residual stream width (C); must divide by n_head.
@@ -46,12 +69,18 @@ crate::knobs! {
         pub n_head: usize = 4,
         /// Standard deviation of the N(0, σ) weight initialisation.
         pub init_std: f64 = 0.02,
-        /// erf (exact, the baseline) or tanh (GPT-2's approximation).
+        /// erf (exact, the baseline) or tanh (GPT-2's approximation); gpt2 arch.
         pub gelu: GeluKind = GeluKind::Erf,
         /// The head reuses the token embedding's table, as GPT-2's does.
         pub tied_head: bool = false,
-        /// A bias on the head (the baseline); GPT-2's head has none.
+        /// A bias on the head (the gpt2 baseline); GPT-2's own head and the llama arch's have none.
         pub head_bias: bool = true,
+        /// The MLP's hidden width; 0 is the arch's rule (4C; SwiGLU's ⌈8C/3⌉ rounded up to 64).
+        pub mlp_width: usize = 0,
+        /// eps of the block and final norms.
+        pub norm_eps: f64 = 1e-5,
+        /// The base θ of the rotary embeddings (llama arch).
+        pub rope_theta: f64 = 10_000.0,
     }
 }
 
@@ -87,8 +116,44 @@ impl ModelSpec {
         self.gpt.init_std / (2.0 * self.gpt.n_layer as f64).sqrt()
     }
 
+    /// Whether the arch's dense layers and norms have biases (gpt2's do, llama's do not).
+    pub fn biases(&self) -> bool {
+        self.gpt.arch == Arch::Gpt2
+    }
+
+    /// The head's bias: `head_bias` in the gpt2 arch, none in the llama arch.
+    pub fn head_bias(&self) -> bool {
+        self.biases() && self.gpt.head_bias
+    }
+
+    /// The arch's position encoding: a learned table (gpt2), rotary (llama).
+    pub fn positions(&self) -> Positions {
+        match self.gpt.arch {
+            Arch::Gpt2 => Positions::Learned,
+            Arch::Llama => Positions::Rotary { base: self.gpt.rope_theta },
+        }
+    }
+
+    /// The MLP's hidden width: `mlp_width`, else 4C (gpt2) or ⌈8C/3⌉ rounded up to a multiple
+    /// of 64 (llama: SwiGLU's three matrices then hold about the parameters of a 4C MLP's two).
+    pub fn mlp_width(&self) -> usize {
+        let c = self.gpt.n_embd;
+        match (self.gpt.mlp_width, self.gpt.arch) {
+            (0, Arch::Gpt2) => 4 * c,
+            (0, Arch::Llama) => (8 * c).div_ceil(3).div_ceil(64) * 64,
+            (width, _) => width,
+        }
+    }
+
     pub fn check(&self) -> Result<()> {
-        self.gpt.check()
+        self.gpt.check()?;
+        if matches!(self.positions(), Positions::Rotary { .. }) && !self.head_size().is_multiple_of(2) {
+            candle_core::bail!(
+                "rotary positions need an even head size; n_embd / n_head is {}",
+                self.head_size()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -104,27 +169,40 @@ impl GptConfig {
     }
 }
 
-/// Causal self-attention with one fused q/k/v projection.
+/// How many equal blocks a parameter stacks along its rows: 3 for the fused q/k/v projection
+/// (C → 3C), which Muon orthogonalises as three C × C matrices, as modded-nanogpt does.
+pub fn stacked_blocks(name: &str, dims: &[usize]) -> usize {
+    match dims {
+        &[rows, cols] if name.ends_with("attn.c_attn.weight") && rows == 3 * cols => 3,
+        _ => 1,
+    }
+}
+
+/// Causal self-attention with one fused q/k/v projection, and rotary positions on q and k when
+/// the model's [`Positions`] are rotary.
 pub struct CausalSelfAttention {
     pub c_attn: Box<dyn Dense>,
     pub c_proj: Box<dyn Dense>,
     pub n_head: usize,
     /// 1/√D.
     pub scale: f64,
+    /// RoPE's base θ when q and k are rotated.
+    pub rotary: Option<f64>,
 }
 
 impl CausalSelfAttention {
     pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
-        let (c, std) = (spec.gpt.n_embd, spec.gpt.init_std);
+        let (c, std, bias) = (spec.gpt.n_embd, spec.gpt.init_std, spec.biases());
         Ok(Self {
-            c_attn: recipe.dense(spec.dense(c, 3 * c, std, true), vb.pp("c_attn"))?,
-            c_proj: recipe.dense(spec.dense(c, c, spec.residual_std(), true), vb.pp("c_proj"))?,
+            c_attn: recipe.dense(spec.dense(c, 3 * c, std, bias), vb.pp("c_attn"))?,
+            c_proj: recipe.dense(spec.dense(c, c, spec.residual_std(), bias), vb.pp("c_proj"))?,
             n_head: spec.gpt.n_head,
             scale: 1.0 / (spec.head_size() as f64).sqrt(),
+            rotary: recipe.positions(spec).rotary_base(),
         })
     }
 
-    /// x: (B, T, C) → q, k, v: (B, H, T, D) each.
+    /// x: (B, T, C) → q, k, v: (B, H, T, D) each, contiguous, before any rotation.
     pub fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let c = x.dim(2)?;
         let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
@@ -134,8 +212,18 @@ impl CausalSelfAttention {
         Ok((q, k, v))
     }
 
-    /// `softmax(q kᵀ/√D + mask) v`, the keys and values first appended to `cache` when there is
-    /// one, then the heads merged and projected: (B, H, T, D) → (B, T, C).
+    /// q and k (B, H, T, D) of positions `offset..offset + T` rotated, when positions are rotary.
+    pub fn rotate(&self, q: &Tensor, k: &Tensor, offset: usize) -> Result<(Tensor, Tensor)> {
+        match self.rotary {
+            Some(base) => Ok((kernels::rope(q, offset, base)?, kernels::rope(k, offset, base)?)),
+            None => Ok((q.clone(), k.clone())),
+        }
+    }
+
+    /// `softmax(q kᵀ/√D + mask) v` of the new positions: q and k rotated to their positions
+    /// (after the cached ones), the keys and values appended to `cache` when there is one, then
+    /// the heads merged and projected: (B, H, T, D) → (B, T, C). Without a cache this is the
+    /// fused kernel, whatever the experiment did to q, k and v before.
     pub fn attend(
         &self,
         q: &Tensor,
@@ -143,11 +231,13 @@ impl CausalSelfAttention {
         v: &Tensor,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let (q, k) = self.rotate(q, k, offset)?;
         let (k, v) = match cache {
-            Some(cache) => cache.append(k, v)?,
-            None => (k.clone(), v.clone()),
+            Some(cache) => cache.append(&k, v)?,
+            None => (k, v.clone()),
         };
-        self.project(&nn::causal_attention(q, &k, &v, self.scale)?)
+        self.project(&nn::causal_attention(&q, &k, &v, self.scale)?)
     }
 
     /// Heads y: (B, H, T, D) → merged and projected: (B, T, C).
@@ -170,11 +260,13 @@ impl Attention for CausalSelfAttention {
     fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         match cache {
             // Training and evaluation: one fused op from the q/k/v projection to merged heads.
-            None => self.project_merged(&kernels::causal_self_attention(
-                &self.c_attn.forward(x)?,
-                self.n_head,
-                self.scale,
-            )?),
+            None => {
+                let mut qkv = self.c_attn.forward(x)?;
+                if let Some(base) = self.rotary {
+                    qkv = kernels::rope_qkv(&qkv, self.n_head, 0, base)?;
+                }
+                self.project_merged(&kernels::causal_self_attention(&qkv, self.n_head, self.scale)?)
+            }
             Some(cache) => {
                 let (q, k, v) = self.qkv(x)?;
                 self.attend(&q, &k, &v, Some(cache))
@@ -187,43 +279,133 @@ impl Attention for CausalSelfAttention {
     }
 }
 
-/// C → 4C → GELU → C.
+/// The baseline's attention with RMSNorm on q and k over each head's D dimensions (one gain of
+/// D for all heads, for each), before the rotation and the scores: the speedrun's QK-norm and the
+/// OP block's (Henry et al. 2020; Dehghani et al. 2023).
+pub struct QkNormAttention {
+    pub attn: CausalSelfAttention,
+    pub q_norm: RmsNorm,
+    pub k_norm: RmsNorm,
+}
+
+impl QkNormAttention {
+    /// The gains are `<vb>.q_norm.weight` and `<vb>.k_norm.weight`.
+    pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+        let (d, eps) = (spec.head_size(), spec.gpt.norm_eps);
+        Ok(Self {
+            attn: CausalSelfAttention::new(recipe, spec, vb.clone())?,
+            q_norm: RmsNorm::new(d, eps, vb.pp("q_norm"))?,
+            k_norm: RmsNorm::new(d, eps, vb.pp("k_norm"))?,
+        })
+    }
+}
+
+impl Attention for QkNormAttention {
+    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let (q, k, v) = self.attn.qkv(x)?; // (B, H, T, D)
+        self.attn.attend(&self.q_norm.forward(&q)?, &self.k_norm.forward(&k)?, &v, cache)
+    }
+}
+
+crate::knob_enum! {
+    /// The activation of a two-matrix MLP.
+    pub enum Activation {
+        /// Exact GELU, x·Φ(x).
+        GeluErf = "gelu",
+        /// GPT-2's tanh GELU.
+        GeluTanh = "gelu-tanh",
+        Relu = "relu",
+        /// relu(x)² (So et al. 2021, "Primer"; modded-nanogpt).
+        ReluSquared = "relu2",
+    }
+}
+
+/// C → W → activation → C (W = 4C in the gpt2 arch).
 pub struct Mlp {
     pub c_fc: Box<dyn Dense>,
     pub c_proj: Box<dyn Dense>,
-    pub gelu: GeluKind,
+    pub activation: Activation,
 }
 
 impl Mlp {
+    /// The gpt2 arch's MLP: GELU as `gelu` says.
     pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
-        let c = spec.gpt.n_embd;
-        Ok(Self {
-            c_fc: recipe.dense(spec.dense(c, 4 * c, spec.gpt.init_std, true), vb.pp("c_fc"))?,
-            c_proj: recipe.dense(spec.dense(4 * c, c, spec.residual_std(), true), vb.pp("c_proj"))?,
-            gelu: spec.gpt.gelu,
-        })
+        let activation = match spec.gpt.gelu {
+            GeluKind::Erf => Activation::GeluErf,
+            GeluKind::Tanh => Activation::GeluTanh,
+        };
+        Self::with_activation(recipe, spec, activation, vb)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The same shapes (hidden width [`ModelSpec::mlp_width`]) with another activation.
+    pub fn with_activation<R: Recipe + ?Sized>(
+        recipe: &R,
+        spec: &ModelSpec,
+        activation: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (c, w, bias) = (spec.gpt.n_embd, spec.mlp_width(), spec.biases());
+        Ok(Self {
+            c_fc: recipe.dense(spec.dense(c, w, spec.gpt.init_std, bias), vb.pp("c_fc"))?,
+            c_proj: recipe.dense(spec.dense(w, c, spec.residual_std(), bias), vb.pp("c_proj"))?,
+            activation,
+        })
+    }
+}
+
+impl FeedForward for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.c_fc.forward(x)?;
-        let h = match self.gelu {
-            GeluKind::Erf => nn::gelu(&h)?,
-            GeluKind::Tanh => h.gelu()?, // candle's `gelu` is the tanh form
+        let h = match self.activation {
+            Activation::GeluErf => nn::gelu(&h)?,
+            Activation::GeluTanh => h.gelu()?, // candle's `gelu` is the tanh form
+            Activation::Relu => h.relu()?,
+            Activation::ReluSquared => h.relu()?.sqr()?,
         };
         self.c_proj.forward(&h)
     }
 
-    pub fn prod(&self) -> Result<Named> {
+    fn prod(&self) -> Result<Named> {
         Ok([self.c_fc.prod()?, self.c_proj.prod()?].concat())
     }
 }
 
-/// Pre-LN block: `x += Attn(LN1(x)); x += MLP(LN2(x))`.
+/// SwiGLU (Shazeer 2020, eq. 6): `c_proj(SiLU(c_gate x) ⊙ c_fc x)`, hidden width
+/// [`ModelSpec::mlp_width`]; Hugging Face's Llama names them `gate_proj`, `up_proj`, `down_proj`.
+pub struct SwiGlu {
+    pub c_gate: Box<dyn Dense>,
+    pub c_fc: Box<dyn Dense>,
+    pub c_proj: Box<dyn Dense>,
+}
+
+impl SwiGlu {
+    pub fn new<R: Recipe + ?Sized>(recipe: &R, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+        let (c, w, bias, std) = (spec.gpt.n_embd, spec.mlp_width(), spec.biases(), spec.gpt.init_std);
+        Ok(Self {
+            c_gate: recipe.dense(spec.dense(c, w, std, bias), vb.pp("c_gate"))?,
+            c_fc: recipe.dense(spec.dense(c, w, std, bias), vb.pp("c_fc"))?,
+            c_proj: recipe.dense(spec.dense(w, c, spec.residual_std(), bias), vb.pp("c_proj"))?,
+        })
+    }
+}
+
+impl FeedForward for SwiGlu {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.c_proj.forward(&kernels::swiglu(&self.c_gate.forward(x)?, &self.c_fc.forward(x)?)?)
+    }
+
+    fn prod(&self) -> Result<Named> {
+        Ok([self.c_gate.prod()?, self.c_fc.prod()?, self.c_proj.prod()?].concat())
+    }
+}
+
+/// Pre-norm block: `x += Attn(N1(x)); x += MLP(N2(x))` (the norms LayerNorm or RMSNorm, the
+/// MLP GELU or SwiGLU, as the arch or the recipe has them).
 pub struct PreLnBlock {
-    pub ln_1: LayerNorm,
+    pub ln_1: Box<dyn Norm>,
     pub attn: Box<dyn Attention>,
-    pub ln_2: LayerNorm,
-    pub mlp: Mlp,
+    pub ln_2: Box<dyn Norm>,
+    pub mlp: Box<dyn FeedForward>,
 }
 
 impl PreLnBlock {
@@ -233,12 +415,11 @@ impl PreLnBlock {
         spec: &ModelSpec,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let c = spec.gpt.n_embd;
         Ok(Self {
-            ln_1: LayerNorm::new(c, true, vb.pp("ln_1"))?,
+            ln_1: recipe.norm(spec, vb.pp("ln_1"))?,
             attn: recipe.attention(layer, spec, vb.pp("attn"))?,
-            ln_2: LayerNorm::new(c, true, vb.pp("ln_2"))?,
-            mlp: Mlp::new(recipe, spec, vb.pp("mlp"))?,
+            ln_2: recipe.norm(spec, vb.pp("ln_2"))?,
+            mlp: recipe.mlp(layer, spec, vb.pp("mlp"))?,
         })
     }
 }
@@ -257,7 +438,8 @@ impl Block for PreLnBlock {
 /// The whole model: ids (B, T) → logits (B, T, V).
 pub struct Gpt {
     pub wte: Box<dyn TokenEmbedding>,
-    pub wpe: nn::Embedding,
+    /// The learned position table, when the positions are [`Positions::Learned`].
+    pub wpe: Option<nn::Embedding>,
     /// A norm on the summed embeddings, for blocks without pre-norms (none in the baseline).
     pub ln_emb: Option<Box<dyn Norm>>,
     pub h: Vec<Box<dyn Block>>,
@@ -276,7 +458,7 @@ impl Gpt {
             .map(|i| recipe.block(i, spec, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let wte = recipe.token_embedding(spec, t.pp("wte"))?;
-        let head = spec.dense(c, spec.vocab_size, spec.gpt.init_std, spec.gpt.head_bias);
+        let head = spec.dense(c, spec.vocab_size, spec.gpt.init_std, spec.head_bias());
         let lm_head: Box<dyn Dense> = if spec.gpt.tied_head {
             let Some(table) = wte.table() else {
                 candle_core::bail!("tied_head=true needs a token embedding that is one (V, C) table");
@@ -287,7 +469,10 @@ impl Gpt {
         };
         Ok(Self {
             wte,
-            wpe: nn::embedding(spec.context_length, c, 0.0, t.pp("wpe"))?, // zero: lmplay
+            wpe: match recipe.positions(spec) {
+                Positions::Learned => Some(nn::embedding(spec.context_length, c, 0.0, t.pp("wpe"))?), // zero: lmplay
+                Positions::Rotary { .. } | Positions::None => None,
+            },
             ln_emb: recipe.embedding_norm(spec, t.pp("ln_emb"))?,
             h,
             ln_f: recipe.final_norm(spec, t.pp("ln_f"))?,
@@ -310,9 +495,10 @@ impl Gpt {
     }
 
     fn run(&self, ids: &Tensor, offset: usize, mut caches: Option<&mut Vec<LayerCache>>) -> Result<Tensor> {
-        let t = ids.dim(1)?;
-        let positions = self.wpe.table.narrow(0, offset, t)?; // (T, C)
-        let mut x = self.wte.forward(ids)?.broadcast_add(&positions)?; // (B, T, C)
+        let mut x = self.wte.forward(ids)?; // (B, T, C)
+        if let Some(wpe) = &self.wpe {
+            x = x.broadcast_add(&wpe.table.narrow(0, offset, ids.dim(1)?)?)?; // + (T, C)
+        }
         if let Some(norm) = &self.ln_emb {
             x = norm.forward(&x)?;
         }
@@ -353,7 +539,9 @@ impl Gpt {
     /// Every weight in the baseline's layout and names: what a sacrificial experiment ships.
     pub fn prod(&self) -> Result<Named> {
         let mut out = self.wte.prod()?;
-        out.push((format!("{}.weight", self.wpe.name), self.wpe.table.clone()));
+        if let Some(wpe) = &self.wpe {
+            out.push((format!("{}.weight", wpe.name), wpe.table.clone()));
+        }
         if let Some(norm) = &self.ln_emb {
             out.extend(norm.prod()?);
         }

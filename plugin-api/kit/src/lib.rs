@@ -51,14 +51,17 @@ pub use serde_json;
 pub mod prelude {
     pub use crate::config::{KnobType, Knobs};
     pub use crate::experiment::{Experiment, Variant};
-    pub use crate::gpt::{CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec, PreLnBlock};
+    pub use crate::gpt::{
+        Activation, Arch, CausalSelfAttention, Gpt, GptConfig, Mlp, ModelSpec, PreLnBlock, QkNormAttention,
+        SwiGlu,
+    };
     pub use crate::init::ParamStore;
     pub use crate::kernels;
     pub use crate::nn::{self, LayerNorm, Linear, RmsNorm};
     pub use crate::optim::ParamOptions;
     pub use crate::parts::{
-        Attention, BaselineParts, Block, Dense, DenseSpec, KvCache, LayerCache, Named, Norm, Recipe,
-        TokenEmbedding,
+        Attention, BaselineParts, Block, Dense, DenseSpec, FeedForward, KvCache, LayerCache, Named, Norm,
+        Positions, Recipe, TokenEmbedding,
     };
     pub use crate::{export_plugin, knob_enum, knobs};
     // candle and candle-nn come with the kit (one version for the whole workspace): write

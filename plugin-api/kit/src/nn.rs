@@ -129,6 +129,10 @@ impl LayerNorm {
         Ok(Self { weight, bias, eps: 1e-5, name: vb.prefix() })
     }
 
+    pub fn with_eps(self, eps: f64) -> Self {
+        Self { eps, ..self }
+    }
+
     /// x: (..., C) → (..., C).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.bias {
@@ -150,7 +154,8 @@ impl Norm for LayerNorm {
 }
 
 /// RMSNorm over the last dimension with a gain (Zhang & Sennrich 2019): `x / √(mean(x²) + eps) · g`,
-/// computed in f32 and returned in x's dtype.
+/// computed in f32 and returned in x's dtype (as Hugging Face's `LlamaRMSNorm`), one fused op on
+/// the CPU.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
@@ -165,17 +170,17 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let normed =
-            x.broadcast_div(&(x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?.to_dtype(dtype)
+        kernels::rms_norm(x, &self.weight, self.eps)
     }
 }
 
 impl Norm for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         RmsNorm::forward(self, x)
+    }
+
+    fn prod(&self) -> Result<Named> {
+        Ok(vec![(format!("{}.weight", self.name), self.weight.clone())])
     }
 }
 
@@ -186,10 +191,16 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// Scaled dot-product attention with a causal mask: `softmax(q kᵀ · scale + mask) v`.
 /// q: (B, H, Tq, D), k and v: (B, H, Tk, D) with Tk ≥ Tq (the last Tq keys are the queries'
-/// own positions) → (B, H, Tq, D).
+/// own positions) → (B, H, Tq, D). With as many keys as queries (training, evaluation, the
+/// first call of a generation) this is the fused kernel [`kernels::attention`].
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = q.matmul(&k.t()?)?; // (B, H, Tq, Tk)
-    kernels::causal_softmax(&scores, scale)?.matmul(v)
+    let (b, h, tq, d) = q.dims4()?;
+    if k.dim(2)? == tq {
+        // Merged heads (B, T, C) seen as (B, H, T, D): a view, merged again without a copy.
+        return kernels::attention(q, k, v, scale)?.reshape((b, tq, h, d))?.transpose(1, 2);
+    }
+    let scores = q.contiguous()?.matmul(&k.contiguous()?.t()?)?; // (B, H, Tq, Tk)
+    kernels::causal_softmax(&scores, scale)?.matmul(&v.contiguous()?)
 }
 
 /// (B, T, C) → (B, H, T, D), contiguous.

@@ -1,7 +1,7 @@
-//! Optimisers with state that can be checkpointed: AdamW, Adagrad and SGD, with the update rules
-//! of PyTorch's `torch.optim` (so results transfer), weight-decay exclusion by parameter name and
-//! global-norm gradient clipping. candle-nn's own optimisers keep their state private and offer
-//! neither Adagrad nor clipping.
+//! Optimisers with state that can be checkpointed: AdamW, Adagrad, SGD and Muon, with the update
+//! rules of PyTorch's `torch.optim` (so results transfer), weight decay for matrices only (and
+//! not for names listed in `no_decay`) and global-norm gradient clipping. candle-nn's own
+//! optimisers keep their state private and offer neither Adagrad, Muon nor clipping.
 //!
 //! The parameters are views of one master buffer ([`ParamStore`]) and each state slot is one
 //! buffer of the same layout, so a step is a fixed number of ops over whole buffers, whatever
@@ -22,13 +22,15 @@ crate::knob_enum! {
         AdamW = "adamw",
         Adagrad = "adagrad",
         Sgd = "sgd",
+        Muon = "muon",
     }
 }
 
 crate::knobs! {
     /// Optimiser settings; the learning rate comes from the host's schedule each step.
     pub struct OptimConfig {
-        /// adamw (decoupled weight decay), adagrad (lmplay's published runs) or sgd.
+        /// adamw (decoupled weight decay), adagrad (lmplay's published runs), sgd, or muon
+        /// (the blocks' matrices orthogonalised, AdamW for the rest).
         pub optimizer: OptimizerKind = OptimizerKind::AdamW,
         /// AdamW's first-moment decay.
         pub beta1: f64 = 0.9,
@@ -38,24 +40,42 @@ crate::knobs! {
         pub eps: f64 = 1e-8,
         /// Decoupled for adamw; added to the gradient (L2) for adagrad and sgd.
         pub weight_decay: f64 = 0.1,
-        /// Comma-separated fragments of parameter names that never decay.
-        pub no_decay: String = "bias,ln_,wpe".to_owned(),
+        /// Comma-separated fragments of names of matrices that never decay (vectors never do).
+        pub no_decay: String = "wpe".to_owned(),
         /// Clip the global gradient norm to this; 0 turns clipping off.
         pub grad_clip: f64 = 1.0,
         /// SGD momentum (0 = plain SGD).
         pub momentum: f64 = 0.0,
+        /// Muon's learning rate as a multiple of the scheduled one: 20 gives Muon's usual 0.02
+        /// at lr 1e-3, with the same warm-up and decay.
+        pub muon_lr_scale: f64 = 20.0,
+        /// Muon's momentum μ (Nesterov).
+        pub muon_momentum: f64 = 0.95,
+        /// Muon's decoupled weight decay, on its own learning rate: 0.005 · 0.02 shrinks the
+        /// matrices per step as AdamW's 0.1 · 1e-3 does.
+        pub muon_weight_decay: f64 = 0.005,
     }
 }
 
 impl OptimConfig {
-    /// Whether weight decay applies to a parameter of this name.
-    pub fn decays(&self, name: &str) -> bool {
-        !self.no_decay.split(',').map(str::trim).any(|frag| !frag.is_empty() && name.contains(frag))
+    /// Whether weight decay applies to a parameter of this name and shape: matrices decay
+    /// (nanoGPT's rule: `dim >= 2`), gains and biases do not, nor names listed in `no_decay`.
+    pub fn decays(&self, name: &str, dims: &[usize]) -> bool {
+        dims.len() >= 2
+            && !self.no_decay.split(',').map(str::trim).any(|frag| !frag.is_empty() && name.contains(frag))
     }
 
+    /// Whether Muon updates a parameter of this name and shape: the blocks' matrices (attention
+    /// and MLP); embeddings, the head, gains and biases stay on AdamW (EXPERIMENTS.md, Muon).
+    pub fn orthogonalised(&self, name: &str, dims: &[usize]) -> bool {
+        self.optimizer == OptimizerKind::Muon && dims.len() == 2 && name.starts_with("transformer.h.")
+    }
+
+    /// The state slots of each element; under Muon its matrices keep their momentum in slot 0
+    /// (checkpointed as [`MUON_SLOT`]) and leave slot 1 unused.
     fn slots(&self) -> &'static [&'static str] {
         match self.optimizer {
-            OptimizerKind::AdamW => &["exp_avg", "exp_avg_sq"],
+            OptimizerKind::AdamW | OptimizerKind::Muon => &["exp_avg", "exp_avg_sq"],
             OptimizerKind::Adagrad => &["sum"],
             OptimizerKind::Sgd if self.momentum != 0.0 => &["momentum_buffer"],
             OptimizerKind::Sgd => &[],
@@ -63,19 +83,42 @@ impl OptimConfig {
     }
 }
 
+/// The checkpoint name of a Muon matrix's momentum, as `torch.optim.Muon` names it.
+const MUON_SLOT: &str = "momentum_buffer";
+
+/// Newton–Schulz coefficients (a, b, c) and steps of Muon (Jordan 2024; torch.optim.Muon).
+const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
+const NS_STEPS: usize = 5;
+
 /// How one parameter is optimised where an experiment departs from the common settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ParamOptions {
     /// Multiplies the learning rate of every step (muP's 1/width for hidden weights).
     pub lr_scale: f64,
-    /// Weight decay on or off regardless of `no_decay` (e.g. off for learned gains).
+    /// Weight decay on or off regardless of its shape and `no_decay` (e.g. off for a matrix
+    /// of gains).
     pub weight_decay: Option<bool>,
+    /// Under `optimizer=muon`: orthogonalised or on AdamW regardless of the default rule
+    /// ([`OptimConfig::orthogonalised`]); only matrices can be.
+    pub muon: Option<bool>,
+    /// Under Muon, a matrix stacking this many equal blocks along its rows orthogonalised block
+    /// by block (the fused q/k/v projection: 3).
+    pub blocks: usize,
 }
 
 impl Default for ParamOptions {
     fn default() -> Self {
-        Self { lr_scale: 1.0, weight_decay: None }
+        Self { lr_scale: 1.0, weight_decay: None, muon: None, blocks: 1 }
     }
+}
+
+/// A Muon matrix: which parameter, and the shape of the blocks it is orthogonalised in.
+#[derive(Debug, Clone, Copy)]
+struct MuonMatrix {
+    param: usize,
+    blocks: usize,
+    rows: usize,
+    cols: usize,
 }
 
 /// The settings one parameter is updated with: a distinct pair is one group of the update's table.
@@ -95,6 +138,8 @@ struct Flat {
     state: Vec<Var>,
     /// Each element's group, on the device: built at the first flat step with several groups.
     element_groups: Option<Tensor>,
+    /// Under Muon, 1 where an element belongs to a Muon matrix, else 0.
+    muon_elements: Option<Tensor>,
 }
 
 /// The optimiser of one model: its parameters, their state slots, and how many steps it took.
@@ -106,6 +151,11 @@ pub struct Optimizer {
     group_of: Vec<usize>,
     /// One per buffer of the store.
     buffers: Vec<Flat>,
+    /// The parameters Muon orthogonalises (empty unless `optimizer=muon`), in parameter order.
+    muon: Vec<MuonMatrix>,
+    /// The dtype Newton–Schulz multiplies in: the model's matrix products' (bf16 under
+    /// bf16-mixed, as the reference does; f32 otherwise).
+    ns_dtype: DType,
     steps: u64,
 }
 
@@ -117,12 +167,32 @@ impl Optimizer {
             candle_core::bail!("the model has no parameters");
         }
         let mut groups: Vec<Group> = Vec::new();
+        let mut muon = Vec::new();
+        for (i, (p, o)) in params.iter().zip(&options).enumerate() {
+            let dims = p.var.dims();
+            let on = config.optimizer == OptimizerKind::Muon
+                && o.muon.unwrap_or_else(|| config.orthogonalised(&p.name, dims));
+            if !on {
+                continue;
+            }
+            let &[rows, cols] = dims else {
+                candle_core::bail!("Muon orthogonalises matrices; `{}` has shape {dims:?}", p.name)
+            };
+            if o.blocks == 0 || rows % o.blocks != 0 {
+                candle_core::bail!("`{}` ({rows} × {cols}) does not split into {} blocks", p.name, o.blocks);
+            }
+            muon.push(MuonMatrix { param: i, blocks: o.blocks, rows: rows / o.blocks, cols });
+        }
+        let ns_dtype =
+            if params.iter().any(|p| p.compute.dtype() == DType::BF16) { DType::BF16 } else { DType::F32 };
         let group_of = params
             .iter()
             .zip(&options)
             .map(|(p, o)| {
-                let g =
-                    Group { decay: o.weight_decay.unwrap_or(config.decays(&p.name)), lr_scale: o.lr_scale };
+                let g = Group {
+                    decay: o.weight_decay.unwrap_or_else(|| config.decays(&p.name, p.var.dims())),
+                    lr_scale: o.lr_scale,
+                };
                 groups.iter().position(|x| *x == g).unwrap_or_else(|| {
                     groups.push(g);
                     groups.len() - 1
@@ -139,14 +209,56 @@ impl Optimizer {
                     .collect::<Result<_>>()?;
                 let members =
                     params.iter().enumerate().filter(|(_, p)| p.buffer == b).map(|(i, _)| i).collect();
-                Ok(Flat { masters, members, state, element_groups: None })
+                Ok(Flat { masters, members, state, element_groups: None, muon_elements: None })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config: config.clone(), params, groups, group_of, buffers, steps: 0 })
+        let mut buffers = buffers;
+        for flat in buffers.iter_mut().filter(|_| !muon.is_empty()) {
+            let mask: Vec<u8> = flat
+                .members
+                .iter()
+                .flat_map(|&i| {
+                    let on = muon.iter().any(|m: &MuonMatrix| m.param == i);
+                    std::iter::repeat_n(u8::from(on), params[i].elem_count())
+                })
+                .collect();
+            flat.muon_elements = Some(Tensor::new(mask.as_slice(), flat.masters.device())?);
+        }
+        Ok(Self { config: config.clone(), params, groups, group_of, buffers, muon, ns_dtype, steps: 0 })
+    }
+
+    /// The names of parameter `i`'s state, slot by slot (a Muon matrix has one).
+    fn slot_names(&self, i: usize) -> &'static [&'static str] {
+        if self.muon.iter().any(|m| m.param == i) {
+            &[MUON_SLOT]
+        } else {
+            self.config.slots()
+        }
     }
 
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// How each parameter is updated, in the model's order, as plugin-api's `parameters` lists
+    /// it: `{"name", "shape", "decay", "rule", "lr_scale"}`.
+    pub fn treatment(&self) -> Vec<serde_json::Value> {
+        self.params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let group = self.groups[self.group_of[i]];
+                let muon = self.muon.iter().any(|m| m.param == i);
+                let rule = match self.config.optimizer {
+                    OptimizerKind::Muon if !muon => "adamw",
+                    kind => kind.as_str(),
+                };
+                let lr_scale = if muon { group.lr_scale * self.config.muon_lr_scale } else { group.lr_scale };
+                serde_json::json!({
+                    "name": p.name, "shape": p.var.dims(), "decay": group.decay, "rule": rule, "lr_scale": lr_scale,
+                })
+            })
+            .collect()
     }
 
     pub fn kind(&self) -> OptimizerKind {
@@ -303,7 +415,7 @@ impl Optimizer {
         let mut slots: Vec<Tensor> = self.buffers[b].state.iter().map(|s| s.as_tensor().clone()).collect();
         let new = match c.optimizer {
             // Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2.
-            OptimizerKind::AdamW => {
+            OptimizerKind::AdamW | OptimizerKind::Muon => {
                 let keep = self.per_element(b, |g| 1.0 - lr_of(g) * wd_of(g))?;
                 let step_size = self.per_element(b, |g| lr_of(g) / (1.0 - c.beta1.powi(t)))?;
                 let m = ((&slots[0] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
@@ -333,6 +445,11 @@ impl Optimizer {
                 (&theta - (g * lr)?)?
             }
         };
+        let (new, slots) = if c.optimizer == OptimizerKind::Muon {
+            self.muon_update(b, g, &theta, new, slots, lr)?
+        } else {
+            (new, slots)
+        };
         let flat = &self.buffers[b];
         let keep_old = |new: Tensor, old: &Tensor| -> Result<Tensor> {
             if flat.members.iter().all(|&i| present[i]) {
@@ -359,6 +476,81 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Muon's update of the matrices of buffer `b` in place of AdamW's (`adamw`: the buffer's
+    /// new values, `slots`: its new state), as `torch.optim.Muon`: B ← μB + (1 − μ)G,
+    /// U = (1 − μ)G + μB (EXPERIMENTS.md's B ← μB + G, U = G + μB scaled by 1 − μ, which the
+    /// normalisation before Newton–Schulz removes), X = NS₅(U / ‖U‖_F), θ ← θ(1 − lr·wd) −
+    /// lr·√max(1, rows/cols)·X. The matrices of one shape are orthogonalised as one batch.
+    fn muon_update(
+        &self,
+        b: usize,
+        g: &Tensor,
+        theta: &Tensor,
+        adamw: Tensor,
+        slots: Vec<Tensor>,
+        lr: f64,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let c = &self.config;
+        let flat = &self.buffers[b];
+        let matrices: Vec<MuonMatrix> =
+            self.muon.iter().copied().filter(|m| self.params[m.param].buffer == b).collect();
+        if matrices.is_empty() {
+            return Ok((adamw, slots));
+        }
+        let mu = c.muon_momentum;
+        let old_momentum = flat.state[0].as_tensor();
+        let momentum = ((old_momentum * mu)? + (g * (1.0 - mu))?)?;
+        let update = ((g * (1.0 - mu))? + (&momentum * mu)?)?;
+        // Each matrix's blocks, batched by block shape.
+        let mut shapes: Vec<(usize, usize)> = Vec::new();
+        for m in &matrices {
+            if !shapes.contains(&(m.rows, m.cols)) {
+                shapes.push((m.rows, m.cols));
+            }
+        }
+        let mut orthogonal: HashMap<usize, Tensor> = HashMap::new();
+        for &(rows, cols) in &shapes {
+            let members: Vec<&MuonMatrix> =
+                matrices.iter().filter(|m| (m.rows, m.cols) == (rows, cols)).collect();
+            let blocks = members
+                .iter()
+                .map(|m| {
+                    let p = &self.params[m.param];
+                    update.narrow(0, p.offset, p.elem_count())?.reshape((m.blocks, rows, cols))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let x = newton_schulz(&Tensor::cat(&blocks, 0)?, self.ns_dtype)?;
+            let mut at = 0;
+            for m in members {
+                orthogonal.insert(m.param, x.narrow(0, at, m.blocks)?.flatten_all()?);
+                at += m.blocks;
+            }
+        }
+        // The buffer reassembled in layout order: AdamW's values but for the Muon matrices.
+        let mut pieces = Vec::with_capacity(flat.members.len());
+        for &i in &flat.members {
+            let p = &self.params[i];
+            let piece = match (orthogonal.get(&i), matrices.iter().find(|m| m.param == i)) {
+                (Some(x), Some(m)) => {
+                    let lr = lr * c.muon_lr_scale * self.groups[self.group_of[i]].lr_scale;
+                    let wd = if self.groups[self.group_of[i]].decay { c.muon_weight_decay } else { 0.0 };
+                    let scale = (m.rows as f64 / m.cols as f64).max(1.0).sqrt();
+                    let w = theta.narrow(0, p.offset, p.elem_count())?;
+                    ((w * (1.0 - lr * wd))? - (x * (lr * scale))?)?
+                }
+                _ => adamw.narrow(0, p.offset, p.elem_count())?,
+            };
+            pieces.push(piece);
+        }
+        let new = Tensor::cat(&pieces, 0)?;
+        let is_muon = flat.muon_elements.as_ref().expect("built with the Muon matrices");
+        let slots = vec![
+            is_muon.where_cond(&momentum, &slots[0])?,
+            is_muon.where_cond(flat.state[1].as_tensor(), &slots[1])?,
+        ];
+        Ok((new, slots))
+    }
+
     /// AdamW on the CPU: one fused pass per parameter over its slices of θ, m and v (one buffer).
     fn adamw_fused(&self, grads: &[Option<Tensor>], lr: f64, grad_scale: f32) -> Result<()> {
         let c = &self.config;
@@ -383,10 +575,9 @@ impl Optimizer {
 
     /// Every state tensor, named `optim.<param>.<slot>`.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        let slots = self.config.slots();
         let mut out = Vec::new();
-        for p in &self.params {
-            for (slot, buffer) in slots.iter().zip(&self.buffers[p.buffer].state) {
+        for (i, p) in self.params.iter().enumerate() {
+            for (slot, buffer) in self.slot_names(i).iter().zip(&self.buffers[p.buffer].state) {
                 let view = buffer.as_tensor().narrow(0, p.offset, p.elem_count())?.reshape(p.var.shape())?;
                 out.push((format!("optim.{}.{slot}", p.name), view));
             }
@@ -396,12 +587,16 @@ impl Optimizer {
 
     /// Restores what [`state`](Self::state) gave and the number of steps taken.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
-        let slots = self.config.slots();
         for flat in &self.buffers {
-            for (slot, buffer) in slots.iter().zip(&flat.state) {
+            for (s, buffer) in flat.state.iter().enumerate() {
                 let mut parts = Vec::with_capacity(flat.members.len());
                 for &i in &flat.members {
                     let p = &self.params[i];
+                    let Some(slot) = self.slot_names(i).get(s) else {
+                        // A slot this parameter does not use (Muon's slot 1).
+                        parts.push(Tensor::zeros(p.elem_count(), DType::F32, &Device::Cpu)?);
+                        continue;
+                    };
                     let name = format!("optim.{}.{slot}", p.name);
                     let v = tensors.get(&name).ok_or_else(|| {
                         candle_core::Error::Msg(format!(
@@ -571,6 +766,33 @@ mod fused {
     }
 }
 
+/// The orthogonalised `u` (a batch of matrices, f32): five quintic Newton–Schulz steps on
+/// `X = U / max(‖U‖_F, 1e−7)`, `A = XXᵀ; X ← aX + (bA + cA²)X`, on the wide orientation (a tall
+/// matrix is transposed first), multiplied in `dtype` (Jordan 2024; torch.optim.Muon).
+fn newton_schulz(u: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (_, rows, cols) = u.dims3()?;
+    let tall = rows > cols;
+    let u = if tall { u.transpose(1, 2)?.contiguous()? } else { u.clone() };
+    // Rounded to `dtype` first and normalised after, as the reference does.
+    let u = u.to_dtype(dtype)?.to_dtype(DType::F32)?;
+    let norm = u.sqr()?.sum_keepdim((1, 2))?.sqrt()?.clamp(1e-7, f64::INFINITY)?;
+    let mut x = u.broadcast_div(&norm)?.to_dtype(dtype)?;
+    let (a, b, c) = NS_COEFFICIENTS;
+    // The products in `dtype`, each sum in f32 and rounded once, as torch's addmm does.
+    let f32 = |t: Tensor| t.to_dtype(DType::F32);
+    for _ in 0..NS_STEPS {
+        let gram = x.matmul(&x.t()?)?;
+        let poly = ((f32(gram.clone())? * b)? + (f32(gram.matmul(&gram)?)? * c)?)?.to_dtype(dtype)?;
+        x = ((f32(x.clone())? * a)? + f32(poly.matmul(&x)?)?)?.to_dtype(dtype)?;
+    }
+    let x = x.to_dtype(DType::F32)?;
+    if tall {
+        x.transpose(1, 2)?.contiguous()
+    } else {
+        Ok(x)
+    }
+}
+
 /// Global L2 norm of CPU f32 gradients, summed in f64 per gradient without a squared copy.
 fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut total = 0f64;
@@ -600,15 +822,15 @@ mod tests {
     const THETA0: [f64; 3] = [0.5, -1.0, 2.0];
     const GRADS: [[f64; 3]; 3] = [[0.1, -0.2, 0.3], [0.05, 0.4, -0.1], [-0.3, 0.2, 0.0]];
 
-    /// A store holding one parameter per (name, values).
+    /// A store holding one parameter per (name, values), each a 1 × n matrix (so it decays).
     fn store(params: &[(&str, &[f32])]) -> ParamStore {
         let store = ParamStore::new(0);
         let vb = store.var_builder(DType::F32, &Device::Cpu);
         for (name, values) in params {
-            vb.get_with_hints(values.len(), name, Init::Const(0.0)).unwrap();
+            vb.get_with_hints((1, values.len()), name, Init::Const(0.0)).unwrap();
         }
         for (p, (_, values)) in store.params().iter().zip(params) {
-            p.var.set(&Tensor::new(*values, &Device::Cpu).unwrap()).unwrap();
+            p.var.set(&Tensor::new(*values, &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
         }
         store
     }
@@ -660,8 +882,21 @@ mod tests {
         }
         close(&run(&cfg, "w", lr), &theta);
         // A name matching `no_decay` skips the decay term.
-        let no_decay = run(&cfg, "h.0.ln_1.bias", lr);
+        let no_decay = run(&cfg, "transformer.wpe.weight", lr);
         assert!((no_decay[0] - theta[0]).abs() > 1e-6);
+    }
+
+    #[test]
+    fn matrices_decay_and_vectors_do_not() {
+        let cfg = OptimConfig::default();
+        assert!(cfg.decays("transformer.h.0.mlp.c_fc.weight", &[8, 2]));
+        assert!(!cfg.decays("transformer.h.0.mlp.c_fc.bias", &[8]));
+        assert!(!cfg.decays("transformer.h.0.attn.q_norm.weight", &[4]));
+        assert!(!cfg.decays("transformer.wpe.weight", &[16, 2]), "listed in no_decay");
+        let muon = OptimConfig { optimizer: OptimizerKind::Muon, ..cfg };
+        assert!(muon.orthogonalised("transformer.h.0.mlp.c_fc.weight", &[8, 2]));
+        assert!(!muon.orthogonalised("transformer.wte.weight", &[64, 2]), "embeddings stay on AdamW");
+        assert!(!muon.orthogonalised("transformer.h.0.ln_1.weight", &[2]));
     }
 
     #[test]
@@ -719,8 +954,8 @@ mod tests {
         let store = store(&[("w", &[1.0]), ("half", &[1.0]), ("h.bias", &[1.0])]);
         let options = vec![
             ParamOptions::default(),
-            ParamOptions { lr_scale: 0.5, weight_decay: Some(false) },
-            ParamOptions { lr_scale: 1.0, weight_decay: Some(true) },
+            ParamOptions { lr_scale: 0.5, weight_decay: Some(false), ..ParamOptions::default() },
+            ParamOptions { lr_scale: 1.0, weight_decay: Some(true), ..ParamOptions::default() },
         ];
         let mut opt = Optimizer::new(&cfg, &store, options).unwrap();
         let g = || Some(Tensor::new(&[1f32], &Device::Cpu).unwrap());
@@ -796,7 +1031,7 @@ mod tests {
             let slot = |s: usize| Tensor::new(state[i][s].as_slice(), &dev).unwrap();
             let with_l2 = |g: &Tensor| if wd == 0.0 { g.clone() } else { (g + (&th * wd).unwrap()).unwrap() };
             let (new, slots): (Tensor, Vec<Tensor>) = match c.optimizer {
-                OptimizerKind::AdamW => unreachable!("handled above"),
+                OptimizerKind::AdamW | OptimizerKind::Muon => unreachable!("handled above"),
                 OptimizerKind::Adagrad => {
                     let g = with_l2(&g);
                     let sum = (slot(0) + g.sqr().unwrap()).unwrap();
@@ -829,7 +1064,11 @@ mod tests {
             let store = store(&named);
             let options = groups
                 .iter()
-                .map(|&(decay, lr_scale)| ParamOptions { lr_scale, weight_decay: Some(decay) })
+                .map(|&(decay, lr_scale)| ParamOptions {
+                    lr_scale,
+                    weight_decay: Some(decay),
+                    ..ParamOptions::default()
+                })
                 .collect();
             let mut opt = Optimizer::new(&c, &store, options).unwrap();
             let mut theta = init.clone();
@@ -893,16 +1132,23 @@ mod tests {
         let masters = |compute: DType| {
             let store = ParamStore::new(3);
             let vb = store.var_builder(compute, &Device::Cpu);
-            vb.get_with_hints(64, "w", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
+            vb.get_with_hints((8, 8), "w", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
             assert_eq!(store.mixed_precision(), compute == DType::BF16);
             let mut opt = Optimizer::new(&cfg, &store, vec![ParamOptions::default()]).unwrap();
             let initial = values(&store)[0].clone();
             for _ in 0..steps {
-                let zero = Tensor::zeros(64, compute, &Device::Cpu).unwrap();
+                let zero = Tensor::zeros((8, 8), compute, &Device::Cpu).unwrap();
                 opt.step(&[Some(zero)], lr).unwrap();
                 store.sync_compute().unwrap();
             }
-            let compute = store.params()[0].compute.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+            let compute = store.params()[0]
+                .compute
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             (initial, values(&store)[0].clone(), compute)
         };
         let (initial, f32_run, _) = masters(DType::F32);
@@ -927,7 +1173,7 @@ mod tests {
         let mut b = Optimizer::new(&cfg, &store, opts()).unwrap();
         b.load_state(&saved, a.steps()).unwrap();
         assert_eq!(b.steps(), 1);
-        let m = b.state().unwrap()[0].1.to_vec1::<f32>().unwrap();
+        let m = b.state().unwrap()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!((m[1] - 0.02).abs() < 1e-6, "{m:?}");
         let adagrad = OptimConfig { optimizer: OptimizerKind::Adagrad, ..OptimConfig::default() };
         let mut c = Optimizer::new(&adagrad, &store, opts()).unwrap();

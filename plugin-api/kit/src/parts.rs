@@ -1,7 +1,8 @@
 //! The replaceable parts of the baseline GPT. An experiment implements [`Recipe`], overriding the
 //! one part its idea changes (the dense layers for UW1, the token embedding for UE, the attention
-//! for value norm, the whole block for simplified blocks); every other part stays the baseline's,
-//! built by the same code.
+//! for value norm, the MLP for ReLU², the position encoding, the norms, the whole block for
+//! simplified blocks); every other part stays the baseline's, built by the same code, in either
+//! arch (`arch=gpt2|llama` picks the parts the defaults build).
 //!
 //! Each part can say what it is in the baseline's layout ([`prod`](Dense::prod)): that is how a
 //! sacrificial experiment exports weights the plain baseline loads.
@@ -9,7 +10,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::gpt::{CausalSelfAttention, ModelSpec, PreLnBlock};
+use crate::gpt::{Arch, CausalSelfAttention, Mlp, ModelSpec, PreLnBlock, SwiGlu};
 use crate::nn;
 
 /// The shape of one dense layer of the baseline.
@@ -62,6 +63,36 @@ pub trait Attention: Send + Sync {
     /// The attention as the baseline's `c_attn` and `c_proj`.
     fn prod(&self) -> Result<Named> {
         not_sacrificial()
+    }
+}
+
+/// The MLP of a block: (B, T, C) → (B, T, C).
+pub trait FeedForward: Send + Sync {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// The MLP in the baseline's layout.
+    fn prod(&self) -> Result<Named> {
+        not_sacrificial()
+    }
+}
+
+/// How the model knows where a token is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Positions {
+    /// A learned (context, C) table added to the token embeddings, initialised to zero (gpt2).
+    Learned,
+    /// q and k rotated by their absolute position in every attention (RoFormer), base θ (llama).
+    Rotary { base: f64 },
+    /// No position signal but the causal mask ("NoPE").
+    None,
+}
+
+impl Positions {
+    /// θ when the positions are rotary.
+    pub fn rotary_base(self) -> Option<f64> {
+        match self {
+            Positions::Rotary { base } => Some(base),
+            Positions::Learned | Positions::None => None,
+        }
     }
 }
 
@@ -142,7 +173,31 @@ pub trait Recipe {
         Ok(Box::new(nn::embedding(spec.vocab_size, spec.gpt.n_embd, spec.gpt.init_std, vb)?))
     }
 
-    /// Block `layer` (the attention inside comes from [`attention`](Recipe::attention)).
+    /// The MLP of block `layer`: GELU (gpt2) or SwiGLU (llama).
+    fn mlp(&self, _layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn FeedForward>> {
+        match spec.gpt.arch {
+            Arch::Gpt2 => Ok(Box::new(Mlp::new(self, spec, vb)?)),
+            Arch::Llama => Ok(Box::new(SwiGlu::new(self, spec, vb)?)),
+        }
+    }
+
+    /// The position encoding: learned (gpt2) or rotary (llama). The attention rotates q and k
+    /// when it is rotary; the model adds the table when it is learned.
+    fn positions(&self, spec: &ModelSpec) -> Positions {
+        spec.positions()
+    }
+
+    /// The block norms (and, unless [`final_norm`](Recipe::final_norm) says otherwise, the final
+    /// one): LayerNorm with a bias (gpt2) or RMSNorm (llama), eps `norm_eps`.
+    fn norm(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Norm>> {
+        let (c, eps) = (spec.gpt.n_embd, spec.gpt.norm_eps);
+        match spec.gpt.arch {
+            Arch::Gpt2 => Ok(Box::new(nn::LayerNorm::new(c, true, vb)?.with_eps(eps))),
+            Arch::Llama => Ok(Box::new(nn::RmsNorm::new(c, eps, vb)?)),
+        }
+    }
+
+    /// Block `layer` (the attention, MLP and norms inside come from the methods above).
     fn block(&self, layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Block>> {
         Ok(Box::new(PreLnBlock::new(self, layer, spec, vb)?))
     }
@@ -154,7 +209,7 @@ pub trait Recipe {
 
     /// The norm before the head.
     fn final_norm(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Norm>> {
-        Ok(Box::new(nn::LayerNorm::new(spec.gpt.n_embd, true, vb)?))
+        self.norm(spec, vb)
     }
 }
 

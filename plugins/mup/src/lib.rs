@@ -68,10 +68,10 @@ impl Recipe for MupParts {
     fn dense(&self, spec: DenseSpec, vb: VarBuilder) -> Result<Box<dyn Dense>> {
         let m = self.multiplier;
         if vb.prefix() == "lm_head" {
-            let linear = nn::linear(spec.in_dim, spec.out_dim, spec.std * m.sqrt(), spec.bias, vb)?;
+            let linear = nn::dense(DenseSpec { std: spec.std * m.sqrt(), ..spec }, vb)?;
             return Ok(Box::new(Readout { linear, multiplier: m }));
         }
-        Ok(Box::new(nn::linear(spec.in_dim, spec.out_dim, spec.std / m.sqrt(), spec.bias, vb)?))
+        Ok(Box::new(nn::dense(DenseSpec { std: spec.std / m.sqrt(), ..spec }, vb)?))
     }
 
     fn attention(&self, _layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Attention>> {

@@ -18,25 +18,10 @@ knobs! {
     }
 }
 
-/// The baseline's attention with RMSNorm on q and k over the head size (one gain of D, shared by
-/// the heads, for each).
-pub struct QkNormAttention {
-    attn: CausalSelfAttention,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-}
-
-impl Attention for QkNormAttention {
-    fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let (q, k, v) = self.attn.qkv(x)?; // (B, H, T, D)
-        self.attn.attend(&self.q_norm.forward(&q)?, &self.k_norm.forward(&k)?, &v, cache)
-    }
-}
-
 /// `h = x + s·Attn(x); out = h + s·MLP(h)`, no norms.
 pub struct OpBlock {
     attn: QkNormAttention,
-    mlp: Mlp,
+    mlp: Box<dyn FeedForward>,
     scale: f64,
 }
 
@@ -48,18 +33,16 @@ impl Block for OpBlock {
 }
 
 impl Recipe for OpConfig {
-    fn block(&self, _layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Block>> {
-        let d = spec.head_size();
-        let attn = QkNormAttention {
-            attn: CausalSelfAttention::new(self, spec, vb.pp("attn"))?,
-            q_norm: RmsNorm::new(d, 1e-5, vb.pp("attn.q_norm"))?,
-            k_norm: RmsNorm::new(d, 1e-5, vb.pp("attn.k_norm"))?,
-        };
-        Ok(Box::new(OpBlock { attn, mlp: Mlp::new(self, spec, vb.pp("mlp"))?, scale: self.branch_scale }))
+    fn block(&self, layer: usize, spec: &ModelSpec, vb: VarBuilder) -> Result<Box<dyn Block>> {
+        Ok(Box::new(OpBlock {
+            attn: QkNormAttention::new(self, spec, vb.pp("attn"))?,
+            mlp: self.mlp(layer, spec, vb.pp("mlp"))?,
+            scale: self.branch_scale,
+        }))
     }
 
     fn embedding_norm(&self, spec: &ModelSpec, vb: VarBuilder) -> Result<Option<Box<dyn Norm>>> {
-        Ok(Some(Box::new(LayerNorm::new(spec.gpt.n_embd, true, vb)?)))
+        Ok(Some(self.norm(spec, vb)?)) // the arch's: LayerNorm (gpt2), RMSNorm (llama)
     }
 }
 

@@ -49,6 +49,7 @@ impl Attention for ReversePositionAttention {
     fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (q, k, v) = self.attn.qkv(x)?; // (B, H, Tq, D)
         let offset = cache.as_ref().map_or(0, |c| c.len()); // absolute position of the first query
+        let (q, k) = self.attn.rotate(&q, &k, offset)?; // the llama arch's RoPE stays
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),

@@ -82,10 +82,12 @@ pub struct SimplifiedAttention {
     shape: Option<(Tensor, Tensor, Tensor)>,
     n_head: usize,
     scale: f64,
+    /// RoPE's θ in the llama arch.
+    rotary: Option<f64>,
 }
 
 impl SimplifiedAttention {
-    fn new(layer: usize, form: Form, spec: &ModelSpec, vb: VarBuilder) -> Result<Self> {
+    fn new(layer: usize, form: Form, spec: &ModelSpec, positions: Positions, vb: VarBuilder) -> Result<Self> {
         let (c, h, std) = (spec.gpt.n_embd, spec.gpt.n_head, spec.gpt.init_std);
         let shaped = form.skipless();
         Ok(Self {
@@ -109,6 +111,7 @@ impl SimplifiedAttention {
             },
             n_head: h,
             scale: 1.0 / (spec.head_size() as f64).sqrt(),
+            rotary: positions.rotary_base(),
         })
     }
 
@@ -136,6 +139,13 @@ impl Attention for SimplifiedAttention {
         };
         let v = nn::split_heads(&values, self.n_head)?;
         let v_new = v.clone();
+        let (q, k) = match self.rotary {
+            Some(base) => {
+                let offset = cache.as_ref().map_or(0, |c| c.len());
+                (kernels::rope(&q, offset, base)?, kernels::rope(&k, offset, base)?)
+            }
+            None => (q, k),
+        };
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
@@ -221,7 +231,7 @@ impl SimplifiedBlock {
             form,
             n1: norm("n1")?,
             n2: if form.parallel() { None } else { norm("n2")? },
-            attn: SimplifiedAttention::new(layer, form, spec, vb.pp("attn"))?,
+            attn: SimplifiedAttention::new(layer, form, spec, config.positions(spec), vb.pp("attn"))?,
             mlp: ReluMlp {
                 c_fc: nn::linear(c, 4 * c, std, false, vb.pp("mlp.c_fc"))?,
                 c_proj: nn::linear(4 * c, c, std, false, vb.pp("mlp.c_proj"))?,
@@ -381,7 +391,7 @@ mod tests {
         for form in [Form::Skipless, Form::SkiplessParallel] {
             for layer in 0..3 {
                 let vb = store.var_builder(DType::F32, &Device::Cpu).pp(format!("{form}.{layer}"));
-                let attn = SimplifiedAttention::new(layer, form, &spec, vb).unwrap();
+                let attn = SimplifiedAttention::new(layer, form, &spec, Positions::Learned, vb).unwrap();
                 let out = attn.forward(&u, None).unwrap();
                 let diff = (out - &u).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert_eq!(

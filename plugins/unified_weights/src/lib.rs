@@ -208,6 +208,12 @@ impl Experiment for UnifiedWeights {
     }
 
     fn build(spec: &ModelSpec, config: &UwConfig, vb: VarBuilder) -> Result<Self> {
+        if !spec.biases() {
+            // Every variant learns around a dense layer's bias (bb, or UW2's predicted one).
+            lmhost_kit::candle::bail!(
+                "unified_weights needs the dense layers' biases; arch=llama has none: use arch=gpt2"
+            );
+        }
         let c = spec.gpt.n_embd;
         // Ws ~ N(0, 1/√C) on e ~ N(0, 1): the shared net starts with unit-scale features.
         let net = match config.uw_mode {
@@ -231,12 +237,21 @@ mod tests {
     use super::*;
     use lmhost_kit::{testing, Baseline};
 
+    // Unified weights live on biased dense layers: gpt2's architecture only.
     const VARIANTS: [&str; 4] = [
-        r#"{"uw_mode": "uw1_0"}"#,
-        r#"{"uw_mode": "uw1_1"}"#,
-        r#"{"uw_mode": "uw1_2"}"#,
-        r#"{"uw_mode": "uw2_0"}"#,
+        r#"{"uw_mode": "uw1_0", "arch": "gpt2"}"#,
+        r#"{"uw_mode": "uw1_1", "arch": "gpt2"}"#,
+        r#"{"uw_mode": "uw1_2", "arch": "gpt2"}"#,
+        r#"{"uw_mode": "uw2_0", "arch": "gpt2"}"#,
     ];
+
+    #[test]
+    fn llama_is_refused_with_the_reason() {
+        let config = r#"{"arch": "llama"}"#;
+        let spec = lmhost_kit::trainer::RunSpec::cpu(2, testing::VOCAB, testing::CONTEXT);
+        let err = lmhost_kit::trainer::Trainer::<UnifiedWeights>::new(&spec, config).err().expect("refused");
+        assert!(err.to_string().contains("arch=gpt2"), "{err}");
+    }
 
     #[test]
     fn every_variant_trains_and_exports_to_the_baseline() {
@@ -244,7 +259,17 @@ mod tests {
         // output feature changes nothing any LayerNorm reads, so these get a gradient of 0 up
         // to rounding: the bias shift bb, and the offsets ab, ia and iab (each adds Σ over the
         // input to every output alike).
-        let invisible = ["c_proj.bb", "c_proj.ab", "c_proj.ia", "c_proj.iab"];
+        // The same on the head, where the softmax cannot see a number added to every logit.
+        let invisible = [
+            "c_proj.bb",
+            "c_proj.ab",
+            "c_proj.ia",
+            "c_proj.iab",
+            "lm_head.bb",
+            "lm_head.ab",
+            "lm_head.ia",
+            "lm_head.iab",
+        ];
         for config in VARIANTS {
             testing::every_parameter_but_gets_a_gradient::<UnifiedWeights>(config, &invisible);
             testing::training_lowers_the_loss::<UnifiedWeights>(config);

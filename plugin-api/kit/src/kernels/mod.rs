@@ -2,9 +2,10 @@
 //!
 //! A naive candle GPT step spends most of its time outside matmul: every element-wise op and
 //! reduction is a separate pass over memory with a fresh allocation. These kernels do softmax
-//! cross-entropy, causal self-attention (from the fused q/k/v projection to merged heads),
-//! dense layers with their bias, causal softmax, LayerNorm, GELU and bias addition in one or two passes each (forward and
-//! backward), split across threads
+//! cross-entropy, causal self-attention (from the fused q/k/v projection, or from q, k and v
+//! after an experiment changed them, to merged heads), dense layers with their bias, causal
+//! softmax, LayerNorm, RMSNorm, GELU, SwiGLU's gate, rotary position embeddings and bias addition
+//! in one or two passes each (forward and backward), split across threads
 //! by rows. Rows are split in fixed-size chunks, never by thread count, so results do not depend
 //! on how many threads run them.
 //!
@@ -19,15 +20,21 @@ pub mod fastmath;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod rms_norm;
+mod rope;
 mod softmax;
+mod swiglu;
 
-pub use attention::causal_self_attention;
+pub use attention::{attention, causal_self_attention};
 pub use bias::add_bias;
 pub use cross_entropy::cross_entropy_sum;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use rms_norm::rms_norm;
+pub use rope::{rope, rope_qkv};
 pub use softmax::causal_softmax;
+pub use swiglu::swiglu;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
