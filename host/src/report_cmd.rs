@@ -11,6 +11,8 @@ pub enum XArg {
     Tokens,
     Step,
     Time,
+    /// training FLOPs, as each model counted its matrix products
+    Flops,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -61,6 +63,7 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
             XArg::Tokens => XAxis::Tokens,
             XArg::Step => XAxis::Step,
             XArg::Time => XAxis::Time,
+            XArg::Flops => XAxis::Flops,
         },
         band: match args.band {
             BandArg::Std => Band::Std,

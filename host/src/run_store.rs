@@ -126,6 +126,10 @@ pub struct RunResult {
     pub val_accuracy: Option<f64>,
     pub params_train: u64,
     pub params_prod: u64,
+    /// Training FLOPs per token of the model's matrix products, as the plugin counted them
+    /// (plugin-api ≥ 0.1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops_per_token: Option<f64>,
     /// Training tokens per second of training time (evaluation and checkpoints excluded).
     pub tokens_per_s: f64,
     pub wall_s: f64,

@@ -81,6 +81,8 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         .create(&spec, &record.config.model)
         .map_err(|e| Stop::Failed(format!("{} {e}", plugin.description.name)))?;
     let mut model = Model::new(model, &plugin.description.api_version);
+    // Plugins built before plugin-api 0.1.3 do not count: their runs have no FLOPs axis.
+    let flops_per_token = model.flops_per_token().into_result().ok();
     if !resume && !config.init.is_empty() {
         load_init(&mut model, &config)?;
     }
@@ -102,6 +104,7 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         val_ids,
         stats: Some(stats),
         plugin_name: plugin.description.name.clone(),
+        flops_per_token,
         started: Instant::now(),
         train_time: Duration::ZERO,
         tokens: start.tokens,
@@ -326,6 +329,8 @@ struct Training<'a> {
     val_ids: Vec<u32>,
     stats: Option<StatsWriter>,
     plugin_name: String,
+    /// The model's training FLOPs per token, as it counts them (none from older plugins).
+    flops_per_token: Option<f64>,
     started: Instant,
     /// Where this session started (non-zero when resumed).
     start: Start,
@@ -343,8 +348,9 @@ impl<'a> Training<'a> {
     }
 
     fn push(&mut self, row: StatsRow) {
+        let flops = self.flops_per_token.map(|f| f * row.tokens as f64);
         if let Some(s) = self.stats.as_mut() {
-            s.push(row);
+            s.push(StatsRow { flops, ..row });
         }
     }
 
@@ -389,8 +395,12 @@ impl<'a> Training<'a> {
             steps,
             tokens_per_step: self.config.tokens_per_step(),
         });
-        let mut result =
-            RunResult { params_train: counts.train, params_prod: counts.prod, ..RunResult::default() };
+        let mut result = RunResult {
+            params_train: counts.train,
+            params_prod: counts.prod,
+            flops_per_token: self.flops_per_token,
+            ..RunResult::default()
+        };
         let outcome = self.train_loop(steps, &mut result);
         // Whatever happened, keep every row measured so far.
         self.flush()?;

@@ -307,6 +307,12 @@ pub trait TrainableModel {
     fn parameters(&self) -> RResult<RString, PluginError> {
         RErr(older_plugin("parameters"))
     }
+
+    /// The training FLOPs per token (forward and backward) of the model's matrix products,
+    /// counted on one forward pass over a context of distinct tokens.
+    fn flops_per_token(&mut self) -> RResult<f64, PluginError> {
+        RErr(older_plugin("flops_per_token"))
+    }
 }
 
 fn older_plugin(call: &str) -> PluginError {

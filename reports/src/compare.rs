@@ -19,6 +19,8 @@ pub enum XAxis {
     Tokens,
     Step,
     Time,
+    /// Training FLOPs, as each model counted its matrix products.
+    Flops,
 }
 
 impl XAxis {
@@ -27,14 +29,17 @@ impl XAxis {
             XAxis::Tokens => "tokens seen",
             XAxis::Step => "step",
             XAxis::Time => "wall time (s)",
+            XAxis::Flops => "training FLOPs",
         }
     }
 
-    fn of(self, row: &StatsRow) -> f64 {
+    /// The row's x (none: a FLOPs axis for a run that did not count them).
+    fn of(self, row: &StatsRow) -> Option<f64> {
         match self {
-            XAxis::Tokens => row.tokens as f64,
-            XAxis::Step => row.step as f64,
-            XAxis::Time => row.wall_s,
+            XAxis::Tokens => Some(row.tokens as f64),
+            XAxis::Step => Some(row.step as f64),
+            XAxis::Time => Some(row.wall_s),
+            XAxis::Flops => row.flops,
         }
     }
 
@@ -284,6 +289,14 @@ impl Comparison {
         if runs.is_empty() {
             return Err(ReportError::Usage("no runs to compare".into()));
         }
+        if options.x == XAxis::Flops {
+            if let Some(r) = runs.iter().find(|r| r.flops_per_token.is_none()) {
+                return Err(ReportError::Usage(format!(
+                    "{} has no FLOPs count (its plugin was built before plugin-api 0.1.3): compare with --x tokens, or rerun it",
+                    r.id
+                )));
+            }
+        }
         let mut notes: Vec<String> =
             runs.iter().flat_map(|r| r.notes.iter().map(move |n| format!("{}: {n}", r.id))).collect();
         type Differs = fn(&Run, &Run) -> bool;
@@ -331,7 +344,7 @@ impl Comparison {
             .stats
             .rows
             .iter()
-            .filter_map(|row| metric.value(row).map(|y| (row.step, self.options.x.of(row), y)))
+            .filter_map(|row| Some((row.step, self.options.x.of(row)?, metric.value(row)?)))
             .filter(|(_, x, y)| y.is_finite() && x.is_finite())
             .collect();
         let raw = rows.iter().map(|r| (r.1, r.2)).collect();

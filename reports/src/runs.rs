@@ -46,6 +46,8 @@ pub struct Run {
     pub val_set: String,
     pub params_train: Option<u64>,
     pub params_prod: Option<u64>,
+    /// Training FLOPs per token, as the model counted its matrix products.
+    pub flops_per_token: Option<f64>,
     pub tokens_per_s: Option<f64>,
     pub wall_s: Option<f64>,
     pub stats: Stats,
@@ -98,6 +100,7 @@ impl Run {
                 .ok_or_else(|| bad("validation set fingerprint"))?,
             params_train: result["params_train"].as_u64(),
             params_prod: result["params_prod"].as_u64(),
+            flops_per_token: result["flops_per_token"].as_f64(),
             tokens_per_s: result["tokens_per_s"].as_f64(),
             wall_s: result["wall_s"].as_f64().or_else(|| stats.rows.last().map(|r| r.wall_s)),
             status,

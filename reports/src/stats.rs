@@ -8,8 +8,8 @@
 //! null. Schema metadata: `lmhost.stats_version` and `lmhost.run` (the run's identity as JSON).
 //!
 //! Versions: 1 the first; 2 added `stage`; 3 stores `step` and `tokens` as int64 (uint64
-//! before, which wraps in polars and overflows in DuckDB on `step - 10`). Every older version
-//! still reads.
+//! before, which wraps in polars and overflows in DuckDB on `step - 10`); 4 added `flops`.
+//! Every older version still reads.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,7 +23,7 @@ use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 
 /// The schema version this build writes; readers refuse newer ones.
-pub const STATS_VERSION: u32 = 3;
+pub const STATS_VERSION: u32 = 4;
 pub const VERSION_KEY: &str = "lmhost.stats_version";
 pub const RUN_KEY: &str = "lmhost.run";
 
@@ -235,6 +235,9 @@ stats_columns! {
         pub step: u64,
         /// Training tokens seen at that step.
         pub tokens: u64,
+        /// Training FLOPs spent by that step: tokens × the model's counted FLOPs per token
+        /// (null for plugins built before plugin-api 0.1.3).
+        pub flops: Option<f64>,
         /// Seconds since the run started (across resumes).
         pub wall_s: f64,
         /// `train` or `val`.
@@ -264,6 +267,7 @@ impl StatsRow {
         Self {
             step,
             tokens,
+            flops: None,
             wall_s,
             split,
             loss: None,

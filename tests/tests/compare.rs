@@ -260,6 +260,17 @@ fn bad_input_gets_one_clear_line() {
     one_error(&compare(d, &["--out", "x"]), &["already holds a report", "--overwrite"]);
     assert_eq!(std::fs::read(d.join("x/report.html")).unwrap(), before);
     assert!(compare(d, &["--out", "x", "--overwrite"]).success());
+    // A FLOPs axis: every run counted its FLOPs per token; a run that did not is named.
+    let flops = compare(d, &["--out", "f", "--x", "flops"]);
+    assert!(flops.success(), "{}", flops.stderr());
+    assert!(std::fs::read_to_string(d.join("f/report.md")).unwrap().contains("FLOPs/token"));
+    let record = runs[2].path.join("run.json");
+    let original = std::fs::read_to_string(&record).unwrap();
+    let mut uncounted: serde_json::Value = serde_json::from_str(&original).unwrap();
+    uncounted["result"].as_object_mut().unwrap().remove("flops_per_token");
+    std::fs::write(&record, uncounted.to_string()).unwrap();
+    one_error(&compare(d, &["--out", "g", "--x", "flops"]), &["has no FLOPs count", "--x tokens"]);
+    std::fs::write(&record, &original).unwrap();
     // An empty run.
     std::fs::remove_file(runs[1].path.join("stats.arrows")).unwrap();
     one_error(&compare(d, &["--out", "y"]), &["has no stats yet (empty run)"]);

@@ -70,7 +70,16 @@ fn value_norm_and_the_baseline_train_side_by_side() {
         String::from_utf8_lossy(&py.stderr)
     );
     let rows = runs[1].stats().rows.len();
-    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), format!("{rows} True 3"));
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        format!("{rows} True {}", reports::stats::STATS_VERSION)
+    );
+    // FLOPs: counted per token when the model was built, and every row's are its tokens' worth.
+    let per_token = experiment["result"]["flops_per_token"].as_f64().expect("flops_per_token in run.json");
+    assert!(per_token > 6.0 * 1e5, "{per_token}");
+    for row in runs[1].stats().rows.iter().filter(|r| r.tokens > 0) {
+        assert_eq!(row.flops, Some(per_token * row.tokens as f64));
+    }
 }
 
 /// The README's lines for pandas, polars and DuckDB, run on a finished run's `stats.parquet`:

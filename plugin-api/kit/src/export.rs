@@ -190,6 +190,10 @@ impl<E: Experiment> TrainableModel for PluginModel<E> {
         guard(|| Ok(serde_json::Value::from(self.0.parameters()).to_string().into()))
     }
 
+    fn flops_per_token(&mut self) -> RResult<f64, PluginError> {
+        guard(|| self.0.flops_per_token())
+    }
+
     fn param_counts(&self) -> ParamCounts {
         // Counting cannot fail for a model that was built; a failure reports zero counts.
         guard(|| self.0.param_counts()).unwrap_or_default()

@@ -644,6 +644,21 @@ impl<E: Experiment> Trainer<E> {
         serialize(self.model.prod_weights(&self.params)?, HashMap::new())
     }
 
+    /// The training FLOPs per token of the model's matrix products: those of one forward pass
+    /// over a context of distinct tokens (`0, 1, …` modulo the vocabulary), as candle's `matmul`
+    /// and the kit's fused kernels count them, times 3 for forward and backward (the backward
+    /// of a product is two products of its size), per token. Attention's causal half is
+    /// counted, as the kernels compute it (PaLM, appendix B).
+    pub fn flops_per_token(&self) -> Result<f64> {
+        let t = self.spec.context_length;
+        let ids: Vec<u32> = (0..t).map(|i| (i % self.spec.vocab_size) as u32).collect();
+        let ids = Tensor::from_slice(&ids, (1, t), &self.device)?;
+        let before = candle_core::lmhost::flops::matmul();
+        self.model.forward(&ids)?;
+        let forward = candle_core::lmhost::flops::matmul() - before;
+        Ok(3.0 * forward as f64 / t as f64)
+    }
+
     /// Every parameter and how the optimiser updates it ([`Optimizer::treatment`]).
     pub fn parameters(&self) -> Vec<Value> {
         self.optimizer.treatment()

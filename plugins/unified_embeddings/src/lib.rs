@@ -153,6 +153,23 @@ mod tests {
     ];
 
     #[test]
+    fn its_flops_are_the_baselines_and_the_two_linears_per_token() {
+        // Counted by hand: each of the context's distinct tokens goes through W1 (m·C → M) and
+        // W2 (M → C), forward and backward: 3 · 2 · (m·C·M + M·C) per token more than the
+        // baseline, whose table is looked up for free.
+        let baseline =
+            testing::trainer::<lmhost_kit::Baseline>(r#"{"arch": "gpt2"}"#, 0).flops_per_token().unwrap();
+        let c = 32.0;
+        for (config, m, middle) in [
+            (r#"{"ue_multiplier": 8, "arch": "gpt2"}"#, 8.0, c),
+            (r#"{"ue_multiplier": 2, "ue_middle": 8, "arch": "gpt2"}"#, 2.0, 8.0),
+        ] {
+            let ue = testing::trainer::<UnifiedEmbeddings>(config, 0).flops_per_token().unwrap();
+            assert_eq!(ue - baseline, 6.0 * (m * c * middle + middle * c), "{config}");
+        }
+    }
+
+    #[test]
     fn every_variant_trains_and_exports_to_the_baseline() {
         for config in VARIANTS {
             testing::every_parameter_gets_a_gradient::<UnifiedEmbeddings>(config);

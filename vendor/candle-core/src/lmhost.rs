@@ -5,6 +5,8 @@
 //!   and a number of ops that does not grow with the parameter count.
 //! - [`Arena`]: one buffer that many variables are views of, so an optimiser can update every
 //!   parameter with a handful of ops over the whole buffer instead of a dozen ops per parameter.
+//! - [`flops`]: the floating-point operations of the matrix products a thread issued, so a model
+//!   can count what one forward pass costs from the products it actually runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,6 +34,26 @@ pub mod counters {
     /// each is a synchronisation on a GPU.
     pub fn host_reads() -> u64 {
         HOST_READS.load(Ordering::Relaxed)
+    }
+}
+
+/// The matrix products' FLOPs of the calling thread (2·m·n·k per product: a multiply and an add).
+pub mod flops {
+    use std::cell::Cell;
+
+    thread_local! {
+        static MATMUL: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// FLOPs of the matrix products this thread issued since it started.
+    pub fn matmul() -> u64 {
+        MATMUL.with(Cell::get)
+    }
+
+    /// Counts the product of a (batch, m, k) and a (batch, k, n) operand, for kernels outside
+    /// candle's `matmul` that multiply matrices (a fused attention, a fused dense layer).
+    pub fn count_matmul(batch: usize, m: usize, n: usize, k: usize) {
+        MATMUL.with(|c| c.set(c.get() + 2 * (batch * m * n * k) as u64));
     }
 }
 

@@ -1560,6 +1560,7 @@ impl Tensor {
             return Ok(from_storage(storage, c_shape, op, false));
         }
 
+        crate::lmhost::flops::count_matmul(batching, m, n, k); // lmhost's patch
         let storage = self.storage().matmul(
             &rhs.storage(),
             (batching, m, n, k),

@@ -32,12 +32,21 @@ pub fn causal_self_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<
         candle_core::bail!("attention: {c3} columns are not q, k and v of {n_head} heads");
     }
     if fused(&[qkv]) {
+        let (b, t, _) = qkv.dims3()?;
+        count_products(b * n_head, t, c3 / 3 / n_head);
         let op = PackedAttention { n_head, scale: scale as f32, weights: Mutex::new(None) };
         return qkv.contiguous()?.apply_op1(op);
     }
     let c = c3 / 3;
     let heads = |i: usize| crate::nn::split_heads(&qkv.narrow(2, i * c, c)?, n_head);
     composed(&heads(0)?, &heads(1)?, &heads(2)?, scale)
+}
+
+/// What the fused kernels multiply, counted as the composed path's `matmul`s count theirs:
+/// q kᵀ and the weights times v, each (heads, T, T) by D, the causal half included.
+fn count_products(heads: usize, t: usize, d: usize) {
+    candle_core::lmhost::flops::count_matmul(heads, t, t, d);
+    candle_core::lmhost::flops::count_matmul(heads, t, d, t);
 }
 
 /// q, k, v: (B, H, T, D) → merged heads (B, T, H·D): the same attention from separate q, k and v.
@@ -47,6 +56,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         candle_core::bail!("attention: q {:?}, k {:?} and v {:?} differ", q.dims(), k.dims(), v.dims());
     }
     if fused(&[q, k, v]) {
+        count_products(dims.0 * dims.1, dims.2, dims.3);
         let unit_rows = |x: &Tensor| -> Result<Tensor> {
             match x.stride()[3] == 1 {
                 true => Ok(x.clone()),

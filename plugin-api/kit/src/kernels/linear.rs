@@ -15,6 +15,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let all: Vec<&Tensor> = [x, w].into_iter().chain(b).collect();
     if fused(&all) {
         let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let ((rows, k), n) = (x.dims2()?, w.dim(0)?);
+        candle_core::lmhost::flops::count_matmul(1, rows, n, k);
         return match b {
             Some(b) => x.apply_op3(&w, &b.contiguous()?, Linear),
             None => x.apply_op2(&w, Linear),
