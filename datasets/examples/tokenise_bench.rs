@@ -47,6 +47,7 @@ fn main() {
         vocab_size: vocab,
         val_fraction: 0.01,
         split_seed: 0,
+        test_fraction: 0.0,
         tokenizer: "bpe".into(),
         special_tokens: String::new(),
     };

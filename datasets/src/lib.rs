@@ -13,7 +13,7 @@ use std::path::Path;
 
 pub use batches::{mixed_batch, train_batch, validation_windows};
 pub use corpus::Corpus;
-pub use prepare::{DataManifest, DataSettings, PreparedData, END_OF_TEXT};
+pub use prepare::{DataManifest, DataSettings, PreparedData, TestSplit, END_OF_TEXT};
 pub use sources::{Document, Source};
 pub use tokenizers::Tokenizer;
 pub use tokens::Tokens;

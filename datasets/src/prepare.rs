@@ -39,10 +39,19 @@ pub struct DataSettings {
     pub val_fraction: f64,
     /// Fixes which documents are held out.
     pub split_seed: u64,
+    /// Fraction of the corpus bytes held out as a test split, by whole documents, after the
+    /// validation documents (0: none). Left out of the cache key at 0, so the data of every run
+    /// without a test split is what it was.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub test_fraction: f64,
     /// `bpe` trains one on the training documents; otherwise the path of a `tokenizer.json`.
     pub tokenizer: String,
     /// Special tokens a trained tokenizer adds after `<|endoftext|>`, separated by spaces.
     pub special_tokens: String,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// What `meta.json` in a cache folder records.
@@ -70,15 +79,30 @@ pub struct DataManifest {
     pub val_documents: Vec<String>,
     /// sha256 of the validation token ids.
     pub val_fingerprint: String,
+    /// The test split, when the settings hold one out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestSplit>,
 }
 
-/// Tokenised training and validation streams, memory-mapped, ready for batching.
+/// The held-out test documents: disjoint from training and validation, fixed by `split_seed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestSplit {
+    pub tokens: usize,
+    pub document_count: usize,
+    /// sha256 of the test token ids.
+    pub fingerprint: String,
+}
+
+/// Tokenised training, validation and (when held out) test streams, memory-mapped, ready for
+/// batching.
 pub struct PreparedData {
-    /// The cache folder: `tokenizer.json`, `train.tokens`, `val.tokens`, `meta.json`.
+    /// The cache folder: `tokenizer.json`, `train.tokens`, `val.tokens`, `test.tokens` (with a
+    /// test split), `meta.json`.
     pub dir: PathBuf,
     pub manifest: DataManifest,
     pub train: Tokens,
     pub val: Tokens,
+    pub test: Option<Tokens>,
 }
 
 /// How far preparation has come: (what, bytes done, bytes in all).
@@ -113,13 +137,22 @@ impl PreparedData {
             .map_err(|e| DataError::Corrupt(format!("{}: {e}", meta_path.display())))?;
         let train = Tokens::open(&dir.join("train.tokens"), manifest.width)?;
         let val = Tokens::open(&dir.join("val.tokens"), manifest.width)?;
-        if train.len() != manifest.train_tokens || val.len() != manifest.val_tokens {
+        let test = manifest
+            .test
+            .as_ref()
+            .map(|_| Tokens::open(&dir.join("test.tokens"), manifest.width))
+            .transpose()?;
+        let test_len = test.as_ref().map(Tokens::len);
+        if train.len() != manifest.train_tokens
+            || val.len() != manifest.val_tokens
+            || test_len != manifest.test.as_ref().map(|t| t.tokens)
+        {
             return Err(DataError::Corrupt(format!(
                 "{}: token counts differ from meta.json; delete the folder to rebuild it",
                 dir.display()
             )));
         }
-        Ok(Self { dir: dir.to_owned(), manifest, train, val })
+        Ok(Self { dir: dir.to_owned(), manifest, train, val, test })
     }
 
     pub fn tokenizer_path(&self) -> PathBuf {
@@ -210,9 +243,14 @@ pub fn train_bpe<S: AsRef<str> + Send>(
 }
 
 /// Which documents are held out: in an order fixed by the seed (sha256 of seed and key), whole
-/// documents until at least `val_fraction` of the bytes, never all of them. Keeps 24 bytes per
-/// document, not the text. Returns the held-out indices and the bytes of the whole source.
-fn choose_validation(source: &Source, settings: &DataSettings) -> Result<(HashSet<usize>, u64), DataError> {
+/// documents until at least `val_fraction` of the bytes for validation, then the next ones until
+/// `test_fraction` for the test split (so the validation set is the same with or without one),
+/// never all of them. Keeps 24 bytes per document, not the text. Returns the validation and test
+/// indices and the bytes of the whole source.
+fn choose_held_out(
+    source: &Source,
+    settings: &DataSettings,
+) -> Result<(HashSet<usize>, HashSet<usize>, u64), DataError> {
     let mut docs: Vec<(u64, u64, usize)> = Vec::new(); // (order, bytes, index)
     let mut total = 0u64;
     for (i, doc) in source.documents()?.enumerate() {
@@ -223,26 +261,36 @@ fn choose_validation(source: &Source, settings: &DataSettings) -> Result<(HashSe
     }
     if settings.val_fraction == 0.0 {
         // A training-only source (a plan stage's data): nothing held out.
-        return Ok((HashSet::new(), total));
+        return Ok((HashSet::new(), HashSet::new(), total));
     }
-    if docs.len() < 2 {
+    let needed = if settings.test_fraction > 0.0 { 3 } else { 2 };
+    if docs.len() < needed {
         return Err(DataError::Source(format!(
-            "{} has {} document(s); a validation split needs at least 2",
+            "{} has {} document(s); {} needs at least {needed}",
             settings.dataset,
-            docs.len()
+            docs.len(),
+            if needed == 3 { "a validation and a test split" } else { "a validation split" }
         )));
     }
     docs.sort_unstable();
-    let target = (total as f64 * settings.val_fraction).ceil() as u64;
-    let (mut held, mut chosen) = (0u64, HashSet::new());
-    for &(_, bytes, i) in &docs {
-        if held >= target || chosen.len() + 1 == docs.len() {
-            break;
+    let mut order = docs.iter().map(|&(_, bytes, i)| (bytes, i));
+    let mut take = |fraction: f64, keep: usize| {
+        let target = (total as f64 * fraction).ceil() as u64;
+        let (mut held, mut chosen) = (0u64, HashSet::new());
+        while held < target {
+            // Never the last `keep` documents: training (and the test split) need theirs.
+            if order.len() <= keep {
+                break;
+            }
+            let (bytes, i) = order.next().expect("checked above");
+            held += bytes;
+            chosen.insert(i);
         }
-        held += bytes;
-        chosen.insert(i);
-    }
-    Ok((chosen, total))
+        chosen
+    };
+    let val = take(settings.val_fraction, needed - 1);
+    let test = if settings.test_fraction > 0.0 { take(settings.test_fraction, 1) } else { HashSet::new() };
+    Ok((val, test, total))
 }
 
 fn build_cache(
@@ -251,19 +299,20 @@ fn build_cache(
     dir: &Path,
     progress: Progress,
 ) -> Result<(), DataError> {
-    let (val_set, total_bytes) = choose_validation(source, settings)?;
+    let (val_set, test_set, total_bytes) = choose_held_out(source, settings)?;
     let tokenizer = match settings.tokenizer.as_str() {
         "bpe" => {
             tracing::info!(dataset = %settings.dataset, vocab = settings.vocab_size, "training the BPE tokenizer (cached afterwards)");
             let failure = Mutex::new(None);
-            let texts =
-                source.documents()?.enumerate().filter(|(i, _)| !val_set.contains(i)).map_while(|(_, d)| {
-                    match d {
-                        Ok(d) => Some(d.text),
-                        Err(e) => {
-                            *failure.lock().expect("lock") = Some(e);
-                            None
-                        }
+            let texts = source
+                .documents()?
+                .enumerate()
+                .filter(|(i, _)| !val_set.contains(i) && !test_set.contains(i))
+                .map_while(|(_, d)| match d {
+                    Ok(d) => Some(d.text),
+                    Err(e) => {
+                        *failure.lock().expect("lock") = Some(e);
+                        None
                     }
                 });
             let special: Vec<&str> = settings.special_tokens.split_whitespace().collect();
@@ -288,8 +337,10 @@ fn build_cache(
     fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
     let mut train = TokenWriter::create(&tmp.join("train.tokens"), width)?;
     let mut val = TokenWriter::create(&tmp.join("val.tokens"), width)?;
-    let mut val_hash = Sha256::new();
-    let (mut done, mut counts) = (0u64, (0usize, 0usize));
+    let mut test =
+        (!test_set.is_empty()).then(|| TokenWriter::create(&tmp.join("test.tokens"), width)).transpose()?;
+    let (mut val_hash, mut test_hash) = (Sha256::new(), Sha256::new());
+    let (mut done, mut counts, mut test_docs) = (0u64, (0usize, 0usize), 0usize);
     let mut val_keys = Vec::new();
     // Documents wait here until about CHUNK bytes are gathered, then are encoded in parallel as
     // pieces of at most PIECE bytes: memory stays bounded however large a document is.
@@ -311,6 +362,10 @@ fn build_cache(
                 ids.iter().for_each(|t| val_hash.update(t.to_le_bytes()));
                 val.push(&ids)?;
                 counts.1 += 1;
+            } else if let (true, Some(test)) = (test_set.contains(i), test.as_mut()) {
+                ids.iter().for_each(|t| test_hash.update(t.to_le_bytes()));
+                test.push(&ids)?;
+                test_docs += 1;
             } else {
                 train.push(&ids)?;
                 counts.0 += 1;
@@ -347,6 +402,15 @@ fn build_cache(
         val_document_count: counts.1,
         val_documents: val_keys,
         val_fingerprint: hex(&val_hash.finalize()),
+        test: test
+            .map(|t| -> Result<TestSplit, DataError> {
+                Ok(TestSplit {
+                    tokens: t.finish()?,
+                    document_count: test_docs,
+                    fingerprint: hex(&test_hash.finalize()),
+                })
+            })
+            .transpose()?,
     };
     fs::write(tmp.join("tokenizer.json"), json.as_bytes()).map_err(|e| DataError::io(&tmp, e))?;
     let meta = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -412,6 +476,7 @@ mod tests {
             vocab_size: vocab,
             val_fraction: 0.1,
             split_seed: 0,
+            test_fraction: 0.0,
             tokenizer: "bpe".into(),
             special_tokens: String::new(),
         }
@@ -449,6 +514,38 @@ mod tests {
         let joined: Vec<u32> =
             parts.iter().flat_map(|p| tokenizer.encode_fast(*p, false).unwrap().get_ids().to_vec()).collect();
         assert_eq!(joined, whole);
+    }
+
+    #[test]
+    fn a_test_split_is_held_out_after_the_validation_documents() {
+        let root = tempfile::tempdir().unwrap();
+        let plain = PreparedData::prepare(&settings("shakespeare", 512), root.path()).unwrap();
+        assert!(plain.test.is_none() && plain.manifest.test.is_none());
+        assert!(!plain.dir.join("test.tokens").exists());
+        let with_test = DataSettings { test_fraction: 0.1, ..settings("shakespeare", 512) };
+        let split = PreparedData::prepare(&with_test, root.path()).unwrap();
+        assert_ne!(split.dir, plain.dir, "its own cache");
+        // The validation documents are the same with or without a test split (their ids are
+        // not: the tokenizer is trained on the training documents only, and the test documents
+        // left them); the test documents come out of training.
+        assert_eq!(split.manifest.val_documents, plain.manifest.val_documents);
+        assert_ne!(split.manifest.tokenizer_fingerprint, plain.manifest.tokenizer_fingerprint);
+        let test = split.manifest.test.clone().expect("a test split");
+        assert_eq!(test.document_count, 4);
+        assert_eq!(
+            split.manifest.train_document_count + test.document_count,
+            plain.manifest.train_document_count
+        );
+        assert_eq!(split.test.as_ref().unwrap().len(), test.tokens);
+        assert!(test.tokens > split.val.len() / 2 && test.tokens < 2 * split.val.len());
+        // Another seed holds out other documents.
+        let reseeded =
+            PreparedData::prepare(&DataSettings { split_seed: 3, ..with_test.clone() }, root.path()).unwrap();
+        assert_ne!(reseeded.manifest.test.unwrap().fingerprint, test.fingerprint);
+        // A cache made before test splits existed keys and reads as it did: the settings of a run
+        // without one serialise without the field.
+        let json = serde_json::to_value(settings("shakespeare", 512)).unwrap();
+        assert!(json.get("test_fraction").is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn settings(dataset: &str) -> DataSettings {
         vocab_size: 300,
         val_fraction: 0.2,
         split_seed: 0,
+        test_fraction: 0.0,
         tokenizer: "bpe".into(),
         special_tokens: String::new(),
     }

@@ -96,6 +96,9 @@ lmhost_kit::knobs! {
         pub val_fraction: f64 = 0.1,
         /// Fixes which documents are held out.
         pub split_seed: u64 = 0,
+        /// Fraction held out as a test split, by whole documents, after the validation split (0: none):
+        /// evaluated once, at the end of the run (tune and ladder select on val and report on test).
+        pub test_fraction: f64 = 0.0,
         /// A training plan (TOML or JSON): stages of data mixtures, token budgets and schedules.
         /// The number of steps then follows from the plan; dataset still fixes tokenizer and validation set.
         pub plan: String = String::new(),
@@ -123,6 +126,9 @@ impl RunConfig {
         }
         if !(0.0..1.0).contains(&self.val_fraction) || self.val_fraction == 0.0 {
             bail!("val_fraction must be in (0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.test_fraction) || self.val_fraction + self.test_fraction >= 1.0 {
+            bail!("test_fraction must be in [0, 1), and val_fraction + test_fraction below 1");
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) || self.lr <= 0.0 {
             bail!("lr must be positive and min_lr_ratio in [0, 1]");
@@ -156,6 +162,7 @@ impl RunConfig {
             vocab_size: self.vocab_size,
             val_fraction: self.val_fraction,
             split_seed: self.split_seed,
+            test_fraction: self.test_fraction,
             tokenizer: self.tokenizer.clone(),
             special_tokens: self.special_tokens.clone(),
         }

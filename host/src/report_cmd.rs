@@ -16,6 +16,12 @@ pub enum XArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SplitArg {
+    Val,
+    Test,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 pub enum BandArg {
     /// mean ± one standard deviation across seeds
     Std,
@@ -35,6 +41,9 @@ pub struct CompareArgs {
     /// What the x axis counts.
     #[arg(long, value_enum, default_value = "tokens")]
     x: XArg,
+    /// Whose final loss the summary tests: val, or test (runs trained with test_fraction).
+    #[arg(long, value_enum, default_value = "val")]
+    split: SplitArg,
     /// The band around a mean across seeds.
     #[arg(long, value_enum, default_value = "std")]
     band: BandArg,
@@ -71,6 +80,10 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
         },
         smoothing: args.smooth,
         force: args.force,
+        split: match args.split {
+            SplitArg::Val => reports::Split::Val,
+            SplitArg::Test => reports::Split::Test,
+        },
         observing: crate::config::observing_keys(),
     };
     let (tables, dirs): (Vec<PathBuf>, Vec<PathBuf>) =
@@ -128,10 +141,8 @@ fn print_summary(c: &reports::Comparison) {
     for note in &c.notes {
         eprintln!("note: {note}");
     }
-    println!(
-        "{:<28} {:>3} {:>18} {:>10} {:>20} {:>7}  verdict",
-        "group", "n", "final val loss", "Δ", "95% CI", "p"
-    );
+    let loss = if c.options.split == reports::Split::Test { "final test loss" } else { "final val loss" };
+    println!("{:<28} {:>3} {:>18} {:>10} {:>20} {:>7}  verdict", "group", "n", loss, "Δ", "95% CI", "p");
     for s in c.summaries() {
         println!(
             "{:<28} {:>3} {:>18} {:>10} {:>20} {:>7}  {}",

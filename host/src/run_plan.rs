@@ -129,6 +129,7 @@ fn check_same_footing(a: &PlannedArm, b: &PlannedArm) -> Result<()> {
         "dataset",
         "vocab_size",
         "val_fraction",
+        "test_fraction",
         "split_seed",
         "tokenizer",
         "special_tokens",

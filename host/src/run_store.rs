@@ -124,6 +124,11 @@ pub struct RunResult {
     pub tokens: u64,
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
+    /// On the test split after the last step (runs with `test_fraction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
     pub params_train: u64,
     pub params_prod: u64,
     /// Training FLOPs per token of the model's matrix products, as the plugin counted them

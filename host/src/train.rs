@@ -93,6 +93,8 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         (StatsWriter::create(&stats_path, &stats_identity(record))?, Start::default())
     };
     let val_ids = validation_windows(&data.val, config.eval_windows, config.context_length);
+    let test_ids =
+        data.test.as_ref().map(|t| validation_windows(t, config.eval_windows, config.context_length));
     let stages = stages(record, &config, data.train)?;
     let marks = record.resumes.iter().filter_map(|r| Some((r.from_step, r.mark()?))).collect();
     let mut training = Training {
@@ -102,6 +104,7 @@ fn setup_and_train(dir: &Path, record: &mut RunRecord, resume: bool) -> Result<(
         marks,
         model,
         val_ids,
+        test_ids,
         stats: Some(stats),
         plugin_name: plugin.description.name.clone(),
         flops_per_token,
@@ -327,6 +330,8 @@ struct Training<'a> {
     marks: Vec<(u64, String)>,
     model: Model,
     val_ids: Vec<u32>,
+    /// The test split's windows, evaluated once after the last step (with `test_fraction`).
+    test_ids: Option<Vec<u32>>,
     stats: Option<StatsWriter>,
     plugin_name: String,
     /// The model's training FLOPs per token, as it counts them (none from older plugins).
@@ -474,6 +479,10 @@ impl<'a> Training<'a> {
                 .into());
             }
         }
+        if let Some(ids) = self.test_ids.take() {
+            let (loss, accuracy) = self.evaluate_test(steps, &ids)?;
+            (result.test_loss, result.test_accuracy) = (Some(loss), Some(accuracy));
+        }
         result.last_checkpoint = Some(self.checkpoint(steps)?);
         Ok(())
     }
@@ -551,19 +560,10 @@ impl<'a> Training<'a> {
 
     /// Loss and accuracy over the fixed validation windows.
     fn evaluate(&mut self, step: u64) -> Result<(f64, f64)> {
-        let (rows, cols) = (self.config.micro_batch_size, self.config.context_length + 1);
-        let mut total = BatchStats::default();
-        for chunk in self.val_ids.chunks(rows * cols) {
-            let batch = TokenBatch {
-                ids: RSlice::from_slice(chunk),
-                rows: (chunk.len() / cols) as u32,
-                cols: cols as u32,
-            };
-            total +=
-                self.model.evaluate(batch).into_result().map_err(|e| self.plugin_error("evaluate", e))?;
-        }
-        let loss = total.loss_sum / total.tokens.max(1) as f64;
-        let accuracy = total.correct as f64 / total.tokens.max(1) as f64;
+        let ids = std::mem::take(&mut self.val_ids);
+        let measured = self.measure(&ids);
+        self.val_ids = ids;
+        let (loss, accuracy) = measured?;
         let row = StatsRow {
             loss: Some(loss),
             accuracy: Some(accuracy),
@@ -581,6 +581,35 @@ impl<'a> Training<'a> {
         }
         self.keep_if_best(step, loss)?;
         Ok((loss, accuracy))
+    }
+
+    /// Loss and accuracy over the test windows, once, after the last step.
+    fn evaluate_test(&mut self, step: u64, ids: &[u32]) -> Result<(f64, f64)> {
+        let (loss, accuracy) = self.measure(ids)?;
+        let row = StatsRow {
+            loss: Some(loss),
+            accuracy: Some(accuracy),
+            stage: self.stage_label(step),
+            ..StatsRow::at(step, self.tokens, self.wall(), Split::Test)
+        };
+        self.push(row);
+        Ok((loss, accuracy))
+    }
+
+    /// Mean loss and accuracy of the model on `ids`, windows of context_length + 1.
+    fn measure(&mut self, ids: &[u32]) -> Result<(f64, f64)> {
+        let (rows, cols) = (self.config.micro_batch_size, self.config.context_length + 1);
+        let mut total = BatchStats::default();
+        for chunk in ids.chunks(rows * cols) {
+            let batch = TokenBatch {
+                ids: RSlice::from_slice(chunk),
+                rows: (chunk.len() / cols) as u32,
+                cols: cols as u32,
+            };
+            total +=
+                self.model.evaluate(batch).into_result().map_err(|e| self.plugin_error("evaluate", e))?;
+        }
+        Ok((total.loss_sum / total.tokens.max(1) as f64, total.correct as f64 / total.tokens.max(1) as f64))
     }
 
     /// The model's state (weights and optimiser) with `metadata` in its header.

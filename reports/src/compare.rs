@@ -68,6 +68,9 @@ pub struct CompareOptions {
     pub smoothing: f64,
     /// Compare runs with different tokenizers or validation sets anyway.
     pub force: bool,
+    /// Whose final loss the summary tests: the validation split's (the default), or the test
+    /// split's (runs trained with `test_fraction`: select on val, report on test).
+    pub split: Split,
     /// Config keys that only observe (logging and evaluation cadences, checkpoint policies):
     /// runs that differ in them alone are replicates.
     pub observing: Vec<String>,
@@ -81,6 +84,7 @@ impl Default for CompareOptions {
             band: Band::Std,
             smoothing: 0.8,
             force: false,
+            split: Split::Val,
             observing: Vec::new(),
         }
     }
@@ -235,9 +239,9 @@ impl Group {
         self.runs.iter().map(|r| r.seed).collect()
     }
 
-    /// Each run's last validation loss (runs that never evaluated are left out).
-    pub fn final_val_losses(&self) -> Vec<f64> {
-        self.runs.iter().filter_map(|r| r.final_val().map(|v| v.0)).collect()
+    /// Each run's last loss on `split` (runs that never evaluated it are left out).
+    pub fn final_losses(&self, split: Split) -> Vec<f64> {
+        self.runs.iter().filter_map(|r| r.final_on(split).map(|v| v.0)).collect()
     }
 }
 
@@ -250,10 +254,12 @@ pub struct GroupCurve {
     pub raw: Vec<Points>,
 }
 
-/// A group's final validation loss against the baseline's.
+/// A group's final validation (or test) loss against the baseline's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub label: String,
+    /// The split the `val_*` numbers are of: `val`, or `test` under `--split test`.
+    pub split: &'static str,
     pub n: usize,
     pub seeds: Vec<u64>,
     pub val_loss_mean: f64,
@@ -288,6 +294,14 @@ impl Comparison {
     pub fn new(runs: Vec<Run>, options: CompareOptions) -> Result<Self, ReportError> {
         if runs.is_empty() {
             return Err(ReportError::Usage("no runs to compare".into()));
+        }
+        if options.split == Split::Test {
+            if let Some(r) = runs.iter().find(|r| r.final_on(Split::Test).is_none()) {
+                return Err(ReportError::Usage(format!(
+                    "{} has no test split: train with test_fraction > 0 (tune and ladder do), or compare on val",
+                    r.id
+                )));
+            }
         }
         if options.x == XAxis::Flops {
             if let Some(r) = runs.iter().find(|r| r.flops_per_token.is_none()) {
@@ -419,11 +433,14 @@ impl Comparison {
             .iter()
             .enumerate()
             .map(|(i, g)| {
-                let losses = g.final_val_losses();
-                let accuracies: Vec<f64> = g.runs.iter().filter_map(|r| r.final_val().map(|v| v.1)).collect();
+                let split = self.options.split;
+                let losses = g.final_losses(split);
+                let accuracies: Vec<f64> =
+                    g.runs.iter().filter_map(|r| r.final_on(split).map(|v| v.1)).collect();
                 let is_baseline = self.is_reference(i);
                 let mut s = Summary {
                     label: g.label.clone(),
+                    split: split.as_str(),
                     n: losses.len(),
                     seeds: g.seeds(),
                     val_loss_mean: statistics::mean(&losses),
@@ -449,10 +466,11 @@ impl Comparison {
     }
 
     fn test_against(&self, group: &Group, base: &Group, s: &mut Summary) {
-        let (a, b) = (group.final_val_losses(), base.final_val_losses());
+        let split = self.options.split;
+        let (a, b) = (group.final_losses(split), base.final_losses(split));
         s.difference = Some(statistics::mean(&a) - statistics::mean(&b));
         let by_seed = |g: &Group| -> BTreeMap<u64, f64> {
-            g.runs.iter().filter_map(|r| r.final_val().map(|v| (r.seed, v.0))).collect()
+            g.runs.iter().filter_map(|r| r.final_on(split).map(|v| (r.seed, v.0))).collect()
         };
         let (sa, sb) = (by_seed(group), by_seed(base));
         let paired_seeds = sa.len() == a.len() && sa.keys().eq(sb.keys());

@@ -154,12 +154,13 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 
 /// (header, rows) of the summary table.
 fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let test = summaries.first().is_some_and(|s| s.split == "test");
     let header = vec![
         "group",
         "n",
         "seeds",
-        "final val loss",
-        "val accuracy",
+        if test { "final test loss" } else { "final val loss" },
+        if test { "test accuracy" } else { "val accuracy" },
         "Δ vs baseline",
         "95% CI",
         "p",
@@ -254,6 +255,7 @@ fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "tokens/s",
         "wall",
         "final val loss",
+        "test loss",
     ];
     let count = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "–".into());
     let rows = c
@@ -273,6 +275,7 @@ fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 fmt(r.tokens_per_s, 0),
                 r.wall_s.map(|w| format!("{w:.0} s")).unwrap_or_else(|| "–".into()),
                 fmt(r.final_val().map(|v| v.0), 4),
+                fmt(r.final_on(crate::stats::Split::Test).map(|v| v.0), 4),
             ]
         })
         .collect();
@@ -355,7 +358,15 @@ fn sections(c: &Comparison, summaries: &[Summary]) -> Vec<Section> {
     };
     let (dh, dr) = diff_table(c);
     let mut out = vec![
-        section("Final validation loss", None, table(summary_table(summaries))),
+        section(
+            if c.options.split == crate::stats::Split::Test {
+                "Final test loss"
+            } else {
+                "Final validation loss"
+            },
+            None,
+            table(summary_table(summaries)),
+        ),
         section("Curves", None, Body::Figures),
         section(
             "Config differences",
@@ -451,6 +462,7 @@ fn numbers(c: &Comparison, summaries: &[Summary]) -> serde_json::Value {
     json!({
         "title": title(c),
         "x_axis": c.options.x,
+        "split": c.options.split.as_str(),
         "band": c.options.band,
         "smoothing": c.options.smoothing,
         "notes": c.notes,
@@ -470,6 +482,9 @@ fn numbers(c: &Comparison, summaries: &[Summary]) -> serde_json::Value {
             "status": r.status,
             "final_val_loss": r.final_val().map(|v| v.0),
             "final_val_accuracy": r.final_val().map(|v| v.1),
+            "test_loss": r.final_on(crate::stats::Split::Test).map(|v| v.0),
+            "test_accuracy": r.final_on(crate::stats::Split::Test).map(|v| v.1),
+            "flops_per_token": r.flops_per_token,
             "tokens": r.tokens(),
         }))).collect::<Vec<_>>(),
     })

@@ -142,7 +142,12 @@ impl Run {
 
     /// The last validation loss and accuracy.
     pub fn final_val(&self) -> Option<(f64, f64)> {
-        let last = self.stats.split(Split::Val).last()?;
+        self.final_on(Split::Val)
+    }
+
+    /// The last loss and accuracy measured on `split`.
+    pub fn final_on(&self, split: Split) -> Option<(f64, f64)> {
+        let last = self.stats.split(split).last()?;
         Some((last.loss?, last.accuracy.unwrap_or(f64::NAN)))
     }
 }

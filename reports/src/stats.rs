@@ -45,6 +45,8 @@ pub enum StatsError {
 pub enum Split {
     Train,
     Val,
+    /// The held-out test split, evaluated once after the last step.
+    Test,
 }
 
 impl Split {
@@ -52,6 +54,7 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Val => "val",
+            Split::Test => "test",
         }
     }
 }
@@ -154,6 +157,7 @@ impl ColumnValue for Split {
         match array.as_any().downcast_ref::<StringArray>().ok_or("not utf8")?.value(row) {
             "train" => Ok(Split::Train),
             "val" => Ok(Split::Val),
+            "test" => Ok(Split::Test),
             other => Err(format!("unknown split `{other}`")),
         }
     }
@@ -240,7 +244,7 @@ stats_columns! {
         pub flops: Option<f64>,
         /// Seconds since the run started (across resumes).
         pub wall_s: f64,
-        /// `train` or `val`.
+        /// `train`, `val` or `test` (once, after the last step, with `test_fraction`).
         pub split: Split,
         /// Cross-entropy, nats per token (null on metric rows).
         pub loss: Option<f64>,
@@ -528,7 +532,7 @@ mod tests {
         assert_eq!(current.field_with_name("step").unwrap().data_type(), &DataType::Int64);
         assert_eq!(current.field_with_name("tokens").unwrap().data_type(), &DataType::Int64);
         let names: Vec<&str> = columns().iter().map(|c| c.name).collect();
-        assert_eq!(names[..4], ["step", "tokens", "wall_s", "split"]);
+        assert_eq!(names[..5], ["step", "tokens", "flops", "wall_s", "split"]);
         assert!(columns().iter().all(|c| !c.doc.is_empty()), "every column has its doc");
         // A version-2 batch: the same columns with uint64 counts.
         let fields: Vec<Field> = current
@@ -554,6 +558,26 @@ mod tests {
         assert_eq!(read.rows, vec![row(7)]);
         assert_eq!(read.rows[0].number("tokens"), Some(7168.0));
         assert_eq!(read.rows[0].number("metric"), None);
+        // A version-3 batch has no `flops` column: it reads as null.
+        let counted =
+            to_batch(&Arc::new(schema(HashMap::new())), &[StatsRow { flops: Some(1e9), ..row(7) }]).unwrap();
+        let keep: Vec<usize> =
+            (0..counted.num_columns()).filter(|&i| counted.schema().field(i).name() != "flops").collect();
+        let v3 = Arc::new(
+            counted
+                .schema()
+                .project(&keep)
+                .unwrap()
+                .with_metadata(HashMap::from([(VERSION_KEY.into(), "3".into())])),
+        );
+        let batch =
+            RecordBatch::try_new(v3.clone(), keep.iter().map(|&i| counted.column(i).clone()).collect())
+                .unwrap();
+        let mut w = StreamWriter::try_new(File::create(&path).unwrap(), &v3).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        let read = read_stats(&path).unwrap();
+        assert_eq!(read.rows, vec![StatsRow { flops: None, ..row(7) }]);
     }
 
     #[test]

@@ -79,13 +79,14 @@ fn a_plugin_that_panics_fails_its_arm_and_keeps_the_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let faulty = built().plugin("faulty_plugin");
     // Every micro-batch is two data-parallel shards, two forward calls at once (`kit::shards`):
-    // calls 1–4 are the step-0 evaluation (16 windows in micro-batches of 8), calls 5–8 train
-    // steps 1 and 2; step 3's shards (calls 9 and 10, in either order) panic.
-    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=panic_in_forward", "fault_at_call=9"]);
+    // call 1 counts the model's FLOPs, calls 2–5 are the step-0 evaluation (16 windows in
+    // micro-batches of 8), calls 6–9 train steps 1 and 2; step 3's shards (calls 10 and 11, in
+    // either order) panic.
+    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=panic_in_forward", "fault_at_call=10"]);
     let line = one_clear_error(&ran, "faulty", "panicked");
     assert!(
-        line.contains("injected fault: forward call 9 panics")
-            || line.contains("injected fault: forward call 10 panics"),
+        line.contains("injected fault: forward call 10 panics")
+            || line.contains("injected fault: forward call 11 panics"),
         "{line}"
     );
     let runs = runs(dir.path());
@@ -103,7 +104,7 @@ fn a_plugin_that_panics_fails_its_arm_and_keeps_the_baseline() {
 fn a_plugin_that_returns_nan_is_marked_diverged() {
     let dir = tempfile::tempdir().unwrap();
     let faulty = built().plugin("faulty_plugin");
-    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=nan_loss", "fault_at_call=9"]);
+    let ran = run(dir.path(), faulty.to_str().unwrap(), &["fault=nan_loss", "fault_at_call=10"]);
     let line = one_clear_error(&ran, "faulty", "NaN at step 3");
     assert!(line.contains("diverged"), "{line}");
     let runs = runs(dir.path());

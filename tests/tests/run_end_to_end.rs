@@ -112,3 +112,50 @@ fn stats_read_in_python() {
     assert_eq!(lines[lines.len() - 2], "-10", "step 0 minus 10: {out}");
     assert_eq!(lines[lines.len() - 1], "12", "a train row per step: {out}");
 }
+
+/// `test_fraction` holds out test documents, evaluated once after the last step; `compare
+/// --split test` tests the groups on them, and refuses runs that have none.
+#[test]
+fn a_test_split_is_evaluated_at_the_end_and_compared_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small vocabulary: the held-out documents make a data cache of their own, with its BPE.
+    let mut args = vec![
+        "run",
+        "baseline",
+        "steps=4",
+        "eval_every=2",
+        "test_fraction=0.1",
+        "vocab_size=512",
+        "--runs-dir",
+        "with",
+    ];
+    args.extend(lmhost_tests::SMALL_MODEL);
+    let ran = built().lmhost(dir.path(), &args);
+    assert!(ran.success(), "{}", ran.stderr());
+    let run = lmhost_tests::run_folders(&dir.path().join("with")).remove(0);
+    let stats = run.stats();
+    let test: Vec<_> = stats.split(reports::Split::Test).collect();
+    assert_eq!(test.len(), 1, "one test evaluation");
+    assert_eq!(test[0].step, 4);
+    let loss = test[0].loss.unwrap();
+    assert_eq!(run.record["result"]["test_loss"].as_f64(), Some(loss));
+    let val = *run.val_losses().last().unwrap();
+    assert!(loss.is_finite() && (loss - val).abs() > 1e-9, "test {loss} is not the validation loss {val}");
+    let path = run.path.to_str().unwrap();
+    let compared = built().lmhost(dir.path(), &["compare", path, "--split", "test", "--out", "r"]);
+    assert!(compared.success(), "{}", compared.stderr());
+    assert!(compared.stdout().contains("final test loss"), "{}", compared.stdout());
+    let md = std::fs::read_to_string(dir.path().join("r/report.md")).unwrap();
+    assert!(md.contains("Final test loss") && md.contains(&format!("{loss:.4}")), "{md}");
+
+    let mut args = vec!["run", "baseline", "steps=2", "--runs-dir", "without"];
+    args.extend(lmhost_tests::SMALL_MODEL);
+    assert!(built().lmhost(dir.path(), &args).success());
+    let plain = lmhost_tests::run_folders(&dir.path().join("without")).remove(0);
+    assert!(plain.stats().split(reports::Split::Test).next().is_none());
+    let refused = built()
+        .lmhost(dir.path(), &["compare", plain.path.to_str().unwrap(), "--split", "test", "--out", "s"]);
+    assert!(!refused.success());
+    assert_eq!(refused.error_lines().len(), 1, "{}", refused.stderr());
+    assert!(refused.stderr().contains("test_fraction"), "{}", refused.stderr());
+}
