@@ -4,30 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use reports::{Band, CompareOptions, XAxis};
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum XArg {
-    Tokens,
-    Step,
-    Time,
-    /// training FLOPs, as each model counted its matrix products
-    Flops,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum SplitArg {
-    Val,
-    Test,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum BandArg {
-    /// mean ± one standard deviation across seeds
-    Std,
-    /// the lowest and highest seed
-    MinMax,
-}
+use reports::{Band, CompareOptions, Split, XAxis};
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -40,13 +17,13 @@ pub struct CompareArgs {
     baseline: Option<PathBuf>,
     /// What the x axis counts.
     #[arg(long, value_enum, default_value = "tokens")]
-    x: XArg,
+    x: XAxis,
     /// Whose final loss the summary tests: val, or test (runs trained with test_fraction).
     #[arg(long, value_enum, default_value = "val")]
-    split: SplitArg,
+    split: Split,
     /// The band around a mean across seeds.
     #[arg(long, value_enum, default_value = "std")]
-    band: BandArg,
+    band: Band,
     /// Strength of the de-biased EMA on training curves, from 0 (none) to 0.99.
     #[arg(long, default_value_t = 0.8)]
     smooth: f64,
@@ -68,22 +45,11 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
     let dirs = expand(&args.runs)?;
     let options = CompareOptions {
         baseline: args.baseline.clone(),
-        x: match args.x {
-            XArg::Tokens => XAxis::Tokens,
-            XArg::Step => XAxis::Step,
-            XArg::Time => XAxis::Time,
-            XArg::Flops => XAxis::Flops,
-        },
-        band: match args.band {
-            BandArg::Std => Band::Std,
-            BandArg::MinMax => Band::MinMax,
-        },
+        x: args.x,
+        band: args.band,
         smoothing: args.smooth,
         force: args.force,
-        split: match args.split {
-            SplitArg::Val => reports::Split::Val,
-            SplitArg::Test => reports::Split::Test,
-        },
+        split: args.split,
         observing: crate::config::observing_keys(),
     };
     let (tables, dirs): (Vec<PathBuf>, Vec<PathBuf>) =
@@ -141,7 +107,7 @@ fn print_summary(c: &reports::Comparison) {
     for note in &c.notes {
         eprintln!("note: {note}");
     }
-    let loss = if c.options.split == reports::Split::Test { "final test loss" } else { "final val loss" };
+    let loss = if c.options.split == Split::Test { "final test loss" } else { "final val loss" };
     println!("{:<28} {:>3} {:>18} {:>10} {:>20} {:>7}  verdict", "group", "n", loss, "Δ", "95% CI", "p");
     for s in c.summaries() {
         println!(

@@ -13,13 +13,13 @@ use crate::statistics::{self, ema_debiased, interpolate, TTest};
 use crate::stats::{Split, StatsRow};
 
 /// What the x axis counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum XAxis {
     Tokens,
     Step,
     Time,
-    /// Training FLOPs, as each model counted its matrix products.
+    /// training FLOPs, as each model counted its matrix products
     Flops,
 }
 
@@ -50,11 +50,12 @@ impl XAxis {
 }
 
 /// The band drawn around a mean across seeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Band {
-    /// Mean ± one standard deviation.
+    /// mean ± one standard deviation across seeds
     Std,
+    /// the lowest and highest seed
     MinMax,
 }
 

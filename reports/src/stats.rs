@@ -41,8 +41,10 @@ pub enum StatsError {
     Parquet { path: String, reason: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
+    /// The training batches, one row per step (not one `compare --split` tests on).
+    #[value(skip)]
     Train,
     Val,
     /// The held-out test split, evaluated once after the last step.

@@ -169,15 +169,6 @@ impl GptConfig {
     }
 }
 
-/// How many equal blocks a parameter stacks along its rows: 3 for the fused q/k/v projection
-/// (C → 3C), which Muon orthogonalises as three C × C matrices, as modded-nanogpt does.
-pub fn stacked_blocks(name: &str, dims: &[usize]) -> usize {
-    match dims {
-        &[rows, cols] if name.ends_with("attn.c_attn.weight") && rows == 3 * cols => 3,
-        _ => 1,
-    }
-}
-
 /// Causal self-attention with one fused q/k/v projection, and rotary positions on q and k when
 /// the model's [`Positions`] are rotary.
 pub struct CausalSelfAttention {

@@ -71,6 +71,15 @@ impl OptimConfig {
         self.optimizer == OptimizerKind::Muon && dims.len() == 2 && name.starts_with("transformer.h.")
     }
 
+    /// How many equal blocks Muon orthogonalises a matrix as: 3 for the kit's fused q/k/v
+    /// projection (C → 3C), three C × C matrices as modded-nanogpt does; 1 otherwise.
+    pub fn stacked_blocks(name: &str, dims: &[usize]) -> usize {
+        match dims {
+            &[rows, cols] if name.ends_with("attn.c_attn.weight") && rows == 3 * cols => 3,
+            _ => 1,
+        }
+    }
+
     /// The state slots of each element; under Muon its matrices keep their momentum in slot 0
     /// (checkpointed as [`MUON_SLOT`]) and leave slot 1 unused.
     fn slots(&self) -> &'static [&'static str] {
@@ -101,14 +110,14 @@ pub struct ParamOptions {
     /// Under `optimizer=muon`: orthogonalised or on AdamW regardless of the default rule
     /// ([`OptimConfig::orthogonalised`]); only matrices can be.
     pub muon: Option<bool>,
-    /// Under Muon, a matrix stacking this many equal blocks along its rows orthogonalised block
-    /// by block (the fused q/k/v projection: 3).
-    pub blocks: usize,
+    /// Under Muon, a matrix stacking this many equal blocks along its rows, orthogonalised block
+    /// by block; `None`: [`OptimConfig::stacked_blocks`] (3 for the fused q/k/v projection).
+    pub blocks: Option<usize>,
 }
 
 impl Default for ParamOptions {
     fn default() -> Self {
-        Self { lr_scale: 1.0, weight_decay: None, muon: None, blocks: 1 }
+        Self { lr_scale: 1.0, weight_decay: None, muon: None, blocks: None }
     }
 }
 
@@ -178,10 +187,11 @@ impl Optimizer {
             let &[rows, cols] = dims else {
                 candle_core::bail!("Muon orthogonalises matrices; `{}` has shape {dims:?}", p.name)
             };
-            if o.blocks == 0 || rows % o.blocks != 0 {
-                candle_core::bail!("`{}` ({rows} × {cols}) does not split into {} blocks", p.name, o.blocks);
+            let blocks = o.blocks.unwrap_or_else(|| OptimConfig::stacked_blocks(&p.name, dims));
+            if blocks == 0 || rows % blocks != 0 {
+                candle_core::bail!("`{}` ({rows} × {cols}) does not split into {blocks} blocks", p.name);
             }
-            muon.push(MuonMatrix { param: i, blocks: o.blocks, rows: rows / o.blocks, cols });
+            muon.push(MuonMatrix { param: i, blocks, rows: rows / blocks, cols });
         }
         let ns_dtype =
             if params.iter().any(|p| p.compute.dtype() == DType::BF16) { DType::BF16 } else { DType::F32 };
@@ -207,23 +217,23 @@ impl Optimizer {
                 let state = (0..config.slots().len())
                     .map(|_| Var::from_tensor(&masters.zeros_like()?))
                     .collect::<Result<_>>()?;
-                let members =
+                let members: Vec<usize> =
                     params.iter().enumerate().filter(|(_, p)| p.buffer == b).map(|(i, _)| i).collect();
-                Ok(Flat { masters, members, state, element_groups: None, muon_elements: None })
+                let muon_elements = (!muon.is_empty())
+                    .then(|| {
+                        let mask: Vec<u8> = members
+                            .iter()
+                            .flat_map(|&i| {
+                                let on = muon.iter().any(|m: &MuonMatrix| m.param == i);
+                                std::iter::repeat_n(u8::from(on), params[i].elem_count())
+                            })
+                            .collect();
+                        Tensor::new(mask.as_slice(), masters.device())
+                    })
+                    .transpose()?;
+                Ok(Flat { masters, members, state, element_groups: None, muon_elements })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut buffers = buffers;
-        for flat in buffers.iter_mut().filter(|_| !muon.is_empty()) {
-            let mask: Vec<u8> = flat
-                .members
-                .iter()
-                .flat_map(|&i| {
-                    let on = muon.iter().any(|m: &MuonMatrix| m.param == i);
-                    std::iter::repeat_n(u8::from(on), params[i].elem_count())
-                })
-                .collect();
-            flat.muon_elements = Some(Tensor::new(mask.as_slice(), flat.masters.device())?);
-        }
         Ok(Self { config: config.clone(), params, groups, group_of, buffers, muon, ns_dtype, steps: 0 })
     }
 
@@ -508,7 +518,8 @@ impl Optimizer {
                 shapes.push((m.rows, m.cols));
             }
         }
-        let mut orthogonal: HashMap<usize, Tensor> = HashMap::new();
+        // Each Muon matrix's orthogonalised update, by parameter.
+        let mut orthogonal: HashMap<usize, (MuonMatrix, Tensor)> = HashMap::new();
         for &(rows, cols) in &shapes {
             let members: Vec<&MuonMatrix> =
                 matrices.iter().filter(|m| (m.rows, m.cols) == (rows, cols)).collect();
@@ -522,7 +533,7 @@ impl Optimizer {
             let x = newton_schulz(&Tensor::cat(&blocks, 0)?, self.ns_dtype)?;
             let mut at = 0;
             for m in members {
-                orthogonal.insert(m.param, x.narrow(0, at, m.blocks)?.flatten_all()?);
+                orthogonal.insert(m.param, (*m, x.narrow(0, at, m.blocks)?.flatten_all()?));
                 at += m.blocks;
             }
         }
@@ -530,15 +541,15 @@ impl Optimizer {
         let mut pieces = Vec::with_capacity(flat.members.len());
         for &i in &flat.members {
             let p = &self.params[i];
-            let piece = match (orthogonal.get(&i), matrices.iter().find(|m| m.param == i)) {
-                (Some(x), Some(m)) => {
+            let piece = match orthogonal.get(&i) {
+                Some((m, x)) => {
                     let lr = lr * c.muon_lr_scale * self.groups[self.group_of[i]].lr_scale;
                     let wd = if self.groups[self.group_of[i]].decay { c.muon_weight_decay } else { 0.0 };
                     let scale = (m.rows as f64 / m.cols as f64).max(1.0).sqrt();
                     let w = theta.narrow(0, p.offset, p.elem_count())?;
                     ((w * (1.0 - lr * wd))? - (x * (lr * scale))?)?
                 }
-                _ => adamw.narrow(0, p.offset, p.elem_count())?,
+                None => adamw.narrow(0, p.offset, p.elem_count())?,
             };
             pieces.push(piece);
         }

@@ -15,12 +15,12 @@ use serde_json::{Map, Value};
 
 use crate::config::{reject_unknown_keys, FieldSpec, Knobs};
 use crate::experiment::Experiment;
-use crate::gpt::{stacked_blocks, GptConfig, ModelSpec};
+use crate::gpt::{GptConfig, ModelSpec};
 use crate::init::Param;
 use crate::init::ParamStore;
 use crate::metrics::{outlier_kurtosis, MetricsConfig};
 use crate::nn::cross_entropy_sum;
-use crate::optim::{OptimConfig, Optimizer, ParamOptions};
+use crate::optim::{OptimConfig, Optimizer};
 use crate::precision::Precision;
 
 #[derive(Debug, thiserror::Error)]
@@ -299,16 +299,7 @@ impl<E: Experiment> Trainer<E> {
         let params = ParamStore::new(run.seed);
         let model = E::build(&spec, &config.own, params.var_builder(DType::F32, &device))?;
         params.finish()?;
-        let options = params
-            .params()
-            .iter()
-            .map(|p| {
-                let options = model.param_options(&p.name);
-                let blocks =
-                    if options.blocks == 1 { stacked_blocks(&p.name, p.var.dims()) } else { options.blocks };
-                ParamOptions { blocks, ..options }
-            })
-            .collect();
+        let options = params.params().iter().map(|p| model.param_options(&p.name)).collect();
         let optimizer = Optimizer::new(&config.optim, &params, options)?;
         let count = params.params().len();
         let grads = if optimizer.takes_gathered_gradients() {

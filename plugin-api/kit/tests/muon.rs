@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use lmhost_kit::candle::{DType, Device, Tensor};
 use lmhost_kit::candle_nn::Init;
-use lmhost_kit::gpt::stacked_blocks;
 use lmhost_kit::init::ParamStore;
 use lmhost_kit::optim::{OptimConfig, Optimizer, OptimizerKind, ParamOptions};
 use lmhost_kit::{testing, Baseline};
@@ -39,11 +38,7 @@ fn setup(golden: &HashMap<String, Tensor>, dtype: DType) -> (ParamStore, Optimiz
     for p in store.params() {
         p.var.set(&golden[&format!("init.{}", p.name)]).unwrap();
     }
-    let options = store
-        .params()
-        .iter()
-        .map(|p| ParamOptions { blocks: stacked_blocks(&p.name, p.var.dims()), ..ParamOptions::default() })
-        .collect();
+    let options = vec![ParamOptions::default(); store.params().len()];
     let optimizer = Optimizer::new(&muon(), &store, options).unwrap();
     (store, optimizer)
 }
