@@ -35,6 +35,12 @@ enum Command {
     Run(RunArgs),
     /// Run a sweep here (as `run` with lists does) or write it as a Slurm job array (--emit slurm).
     Sweep(SweepArgs),
+    /// Tune one key (lr by default) for the experiment and the baseline alike: each arm's best of
+    /// its grid by validation loss, best against best on a held-out test split, loss against the key.
+    Tune(crate::study::TuneArgs),
+    /// Train both arms at four or more sizes (depth and width together, tokens ∝ parameters), fit
+    /// a scaling law of test loss against FLOPs to each, and report the idea's compute multiplier.
+    Ladder(crate::study::LadderArgs),
     /// Build every plugin and run the value-norm experiment against the baseline (tiny preset, embedded corpus).
     Demo {
         /// key=value overrides, as for `run` (e.g. steps=50).
@@ -142,6 +148,7 @@ impl RunArgs {
             cache_dir: self.common.cache_dir(),
             no_baseline: self.no_baseline,
             retrain_baseline: self.common.retrain_baseline,
+            folder: None,
         })
     }
 
@@ -164,18 +171,12 @@ struct SweepArgs {
     run: RunArgs,
     /// Write the sweep as a job script instead of running it here.
     #[arg(long, value_enum)]
-    emit: Option<Emit>,
+    emit: Option<crate::sweep::Emit>,
     /// Where the job script goes [default: <sweep name>.sbatch].
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
     slurm: crate::sweep::SlurmOptions,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Emit {
-    /// A Slurm job array, one task per run, and `lmhost compare` after it.
-    Slurm,
 }
 
 #[derive(clap::Args)]
@@ -277,7 +278,9 @@ pub fn main() -> ExitCode {
     let command = Cli::command()
         .version(&*Box::leak(version.into_boxed_str()))
         .mut_subcommand("run", |c| c.after_long_help(config_help()))
-        .mut_subcommand("sweep", |c| c.after_long_help(config_help()));
+        .mut_subcommand("sweep", |c| c.after_long_help(config_help()))
+        .mut_subcommand("tune", |c| c.after_long_help(config_help()))
+        .mut_subcommand("ladder", |c| c.after_long_help(config_help()));
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -303,7 +306,9 @@ fn dispatch(command: Command) -> Result<bool> {
         | Command::Demo { .. }
         | Command::Resume { .. }
         | Command::Branch { .. }
-        | Command::Sweep(_) => crate::interrupt::install_for_orchestrator(),
+        | Command::Sweep(_)
+        | Command::Tune(_)
+        | Command::Ladder(_) => crate::interrupt::install_for_orchestrator(),
         _ => {}
     }
     match command {
@@ -319,8 +324,8 @@ fn dispatch(command: Command) -> Result<bool> {
             let sweep = args.run.sweep(source)?;
             match args.emit {
                 None => sweep.run(args.run.dry_run),
-                Some(Emit::Slurm) => {
-                    let (script, tasks) = sweep.slurm_script(&std::env::current_exe()?, &args.slurm)?;
+                Some(crate::sweep::Emit::Slurm) => {
+                    let (script, tasks) = sweep.slurm_script(&std::env::current_exe()?, &args.slurm, None)?;
                     let out =
                         args.out.clone().unwrap_or_else(|| PathBuf::from(format!("{}.sbatch", sweep.name())));
                     std::fs::write(&out, script)
@@ -343,6 +348,8 @@ fn dispatch(command: Command) -> Result<bool> {
                 ..common.plan(source)
             })
         }
+        Command::Tune(args) => crate::study::tune(&args),
+        Command::Ladder(args) => crate::study::ladder(&args),
         Command::Compare(args) => crate::report_cmd::compare_command(&args),
         Command::Generate(args) => crate::generate_cmd::generate_command(&args),
         Command::Export(args) => crate::export_cmd::export_command(&args),

@@ -9,7 +9,8 @@ use reports::{Band, CompareOptions, Split, XAxis};
 #[derive(clap::Args)]
 pub struct CompareArgs {
     /// Run folders or glob patterns (e.g. 'runs/*value_norm*'); folders `lmhost interpolate`
-    /// wrote add their loss-barrier tables and plot.
+    /// wrote add their loss-barrier tables and plot; one study folder (`lmhost tune` or `lmhost
+    /// ladder` made it) writes the study's report.
     #[arg(required = true)]
     runs: Vec<String>,
     /// A run of the group to compare against [default: the baseline runs among them].
@@ -43,6 +44,18 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
         bail!("--smooth {} must be in [0, 1): 0 turns smoothing off, 0.99 smooths most", args.smooth);
     }
     let dirs = expand(&args.runs)?;
+    if let [study] = &dirs[..] {
+        if reports::is_study(study) {
+            let name = study.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let out = out_dir(args, || fresh_dir(Path::new("reports"), &name))?;
+            let files = reports::write_study_report(study, &out, &crate::config::observing_keys())?;
+            println!("report: {}", files.html.display());
+            return Ok(true);
+        }
+    }
+    if let Some(study) = dirs.iter().find(|d| reports::is_study(d)) {
+        bail!("{} is a study folder: compare it alone (lmhost compare {})", study.display(), study.display());
+    }
     let options = CompareOptions {
         baseline: args.baseline.clone(),
         x: args.x,
@@ -63,20 +76,26 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
     let mut comparison = reports::Comparison::new(runs, options)?;
     comparison.interpolations =
         tables.iter().map(|t| reports::Interpolation::read(t)).collect::<Result<Vec<_>, _>>()?;
-    let out = match &args.out {
+    let out = out_dir(args, || fresh_dir(Path::new("reports"), &slug(&reports::report::title(&comparison))))?;
+    let files = reports::report::write_report(&comparison, &out)?;
+    print_summary(&comparison);
+    println!("report: {}", files.html.display());
+    Ok(true)
+}
+
+/// Where the report goes: `--out` (refused when it holds a report, unless `--overwrite`), else
+/// `default`.
+fn out_dir(args: &CompareArgs, default: impl FnOnce() -> PathBuf) -> Result<PathBuf> {
+    match &args.out {
         Some(out) if out.join("report.html").exists() && !args.overwrite => {
             bail!(
                 "{} already holds a report; pass --overwrite to replace it, or another --out",
                 out.display()
             )
         }
-        Some(out) => out.clone(),
-        None => fresh_dir(Path::new("reports"), &slug(&reports::report::title(&comparison))),
-    };
-    let files = reports::report::write_report(&comparison, &out)?;
-    print_summary(&comparison);
-    println!("report: {}", files.html.display());
-    Ok(true)
+        Some(out) => Ok(out.clone()),
+        None => Ok(default()),
+    }
 }
 
 /// The comparison of the runs in `dirs` that logged anything, as a run's end shows it.
@@ -103,7 +122,7 @@ pub fn print_comparison(dirs: &[PathBuf]) {
     }
 }
 
-fn print_summary(c: &reports::Comparison) {
+pub fn print_summary(c: &reports::Comparison) {
     for note in &c.notes {
         eprintln!("note: {note}");
     }
@@ -159,7 +178,7 @@ fn slug(title: &str) -> String {
 }
 
 /// `root/name`, or `root/name-2`, `-3`, … so no existing report is touched.
-fn fresh_dir(root: &Path, name: &str) -> PathBuf {
+pub fn fresh_dir(root: &Path, name: &str) -> PathBuf {
     (1..)
         .map(|n| if n == 1 { root.join(name) } else { root.join(format!("{name}-{n}")) })
         .find(|p| !p.exists())

@@ -110,17 +110,26 @@ pub struct Sweep {
     /// Train each distinct baseline again (once per invocation: a point that shares one with
     /// an earlier point reuses the run just trained).
     pub retrain_baseline: bool,
+    /// The folder's name when a study names it (`tune-…`, `ladder-…`) [default: `sweep-…`].
+    pub folder: Option<String>,
 }
 
 impl Sweep {
     /// `sweep-<plugin>-<hash of what was asked>`: the same sweep always gets the same folder.
     pub fn name(&self) -> String {
-        let label = match &self.source {
+        if let Some(folder) = &self.folder {
+            return folder.clone();
+        }
+        let what = serde_json::json!([self.label(), self.preset, self.device, self.points, self.no_baseline]);
+        format!("sweep-{}-{}", self.label(), short_hash(&what))
+    }
+
+    /// The experiment's name (`baseline` when the baseline is swept alone).
+    pub fn label(&self) -> String {
+        match &self.source {
             PluginSource::Builtin => "baseline".to_owned(),
             PluginSource::Library { path } => plugin_name(path),
-        };
-        let what = serde_json::json!([label, self.preset, self.device, self.points, self.no_baseline]);
-        format!("sweep-{label}-{}", &crate::run_store::hex(&Sha256::digest(what.to_string()))[..8])
+        }
     }
 
     pub fn runs_dir(&self) -> PathBuf {
@@ -153,18 +162,36 @@ impl Sweep {
     /// writes one report over all and prints its comparison. A dry run lists the runs and
     /// whether each is finished.
     pub fn run(&self, dry_run: bool) -> Result<bool> {
-        let n = self.points.len();
-        println!("sweep:{} runs:{n} folder:{}", self.name(), self.runs_dir().display());
         let since = crate::run_store::timestamp();
+        let Some(trained) = self.train(&self.points, dry_run, &since)? else { return Ok(false) };
+        if !dry_run {
+            println!("\nsweep:{} the comparison of its groups, across their seeds:", self.name());
+            crate::report_cmd::print_comparison(&trained.dirs);
+            orchestrate::report(&trained.dirs, &self.name(), &self.runs_root);
+        }
+        Ok(trained.all_ok)
+    }
+
+    /// Trains `points` in turn (finished ones are skipped, interrupted ones resumed); `None`
+    /// when interrupted. The run folders come back in order, each once. With
+    /// `--retrain-baseline`, a baseline trained since `since` (by this command) still serves.
+    pub fn train(
+        &self,
+        points: &[Vec<String>],
+        dry_run: bool,
+        since: &str,
+    ) -> Result<Option<orchestrate::Trained>> {
+        let n = points.len();
+        println!("sweep:{} runs:{n} folder:{}", self.name(), self.runs_dir().display());
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut all_ok = true;
-        for (i, point) in self.points.iter().enumerate() {
+        for (i, point) in points.iter().enumerate() {
             if crate::interrupt::requested() {
                 println!("sweep:interrupted; the same command continues it");
-                return Ok(false);
+                return Ok(None);
             }
             println!("sweep:{}/{n} {}", i + 1, point.join(" "));
-            let trained = orchestrate::train(&self.plan(point, dry_run, &since)?)
+            let trained = orchestrate::train(&self.plan(point, dry_run, since)?)
                 .with_context(|| format!("sweep run {} ({})", i + 1, point.join(" ")))?;
             all_ok &= trained.all_ok;
             for dir in trained.dirs {
@@ -173,12 +200,7 @@ impl Sweep {
                 }
             }
         }
-        if !dry_run {
-            println!("\nsweep:{} the comparison of its groups, across their seeds:", self.name());
-            crate::report_cmd::print_comparison(&dirs);
-            orchestrate::report(&dirs, &self.name(), &self.runs_root);
-        }
-        Ok(all_ok)
+        Ok(Some(orchestrate::Trained { dirs, all_ok }))
     }
 
     /// The array's tasks: each distinct baseline once, then every experiment run without one.
@@ -215,9 +237,16 @@ impl Sweep {
     }
 
     /// A Slurm job array: one task per run, the run folders under the same `runs_dir` on shared
-    /// storage, and `lmhost compare` as a job that waits for the array.
+    /// storage, and a last job that waits for the array: `lmhost compare` over the runs, or
+    /// `finish` (the lmhost arguments of a study's command, which reuses every finished run and
+    /// writes the study's report).
     /// Returns the script and its number of tasks.
-    pub fn slurm_script(&self, lmhost: &Path, slurm: &SlurmOptions) -> Result<(String, usize)> {
+    pub fn slurm_script(
+        &self,
+        lmhost: &Path,
+        slurm: &SlurmOptions,
+        finish: Option<&[String]>,
+    ) -> Result<(String, usize)> {
         let tasks = self.tasks()?;
         let abs = |p: &Path| std::path::absolute(p).unwrap_or(p.to_owned());
         let runs_dir = abs(&self.runs_dir());
@@ -225,7 +254,7 @@ impl Sweep {
         let mut s = String::new();
         let w = &mut s;
         writeln!(w, "#!/usr/bin/env bash")?;
-        writeln!(w, "# {name}: {} runs, written by `lmhost sweep --emit slurm`.", tasks.len())?;
+        writeln!(w, "# {name}: {} runs, written by `lmhost … --emit slurm`.", tasks.len())?;
         writeln!(
             w,
             "# Submit with `bash THIS_FILE`: it submits the array, then `lmhost compare` to run after it."
@@ -277,11 +306,19 @@ impl Sweep {
         )?;
         writeln!(w, "  \"task_${{SLURM_ARRAY_TASK_ID}}\" \"$@\"")?;
         writeln!(w, "elif [ \"${{LMHOST_SWEEP_STAGE:-}}\" = compare ]; then")?;
-        writeln!(
-            w,
-            "  runs=(\"$RUNS_DIR\"/*/run.json)\n  exec \"$LMHOST\" compare \"${{runs[@]%/run.json}}\" --out {} --overwrite",
-            quote(&abs(&orchestrate::reports_dir(&self.runs_root).join(&name)).display().to_string())
-        )?;
+        match finish {
+            None => writeln!(
+                w,
+                "  runs=(\"$RUNS_DIR\"/*/run.json)\n  exec \"$LMHOST\" compare \"${{runs[@]%/run.json}}\" --out {} --overwrite",
+                quote(&abs(&orchestrate::reports_dir(&self.runs_root).join(&name)).display().to_string())
+            )?,
+            Some(args) => writeln!(
+                w,
+                "  exec \"$LMHOST\" {} --runs-dir {}",
+                args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
+                quote(&abs(&self.runs_root).display().to_string())
+            )?,
+        }
         writeln!(w, "else")?;
         writeln!(
             w,
@@ -298,6 +335,13 @@ impl Sweep {
         writeln!(w, "fi")?;
         Ok((s, tasks.len()))
     }
+}
+
+/// What `--emit` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Emit {
+    /// A Slurm job array, one task per run, and a job after it that writes the report.
+    Slurm,
 }
 
 /// Resources each array task asks for.
@@ -317,13 +361,18 @@ pub struct SlurmOptions {
     pub gpus: Option<String>,
 }
 
+/// Eight hex digits of the SHA-256 of `what`: a folder name's stable part.
+pub fn short_hash(what: &serde_json::Value) -> String {
+    crate::run_store::hex(&Sha256::digest(what.to_string()))[..8].to_owned()
+}
+
 fn plugin_name(path: &Path) -> String {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     stem.strip_prefix("lib").unwrap_or(&stem).to_owned()
 }
 
 /// A word for bash, single-quoted unless it is plainly safe.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%".contains(c)) {
         s.to_owned()
     } else {
@@ -392,6 +441,7 @@ mod tests {
             cache_dir: "cache".into(),
             no_baseline: false,
             retrain_baseline: false,
+            folder: None,
         };
         assert_eq!(sweep("lr=1,2").name(), sweep("lr=1,2").name());
         assert_ne!(sweep("lr=1,2").name(), sweep("lr=1,3").name());

@@ -30,6 +30,8 @@ pub struct Series {
     pub band: Vec<(f64, f64, f64)>,
     /// Each run's raw points, drawn faint.
     pub raw: Vec<Vec<(f64, f64)>>,
+    /// Markers at the line's points, no line between them (measurements beside a fitted curve).
+    pub scatter: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -38,6 +40,8 @@ pub struct Figure {
     pub x_label: String,
     pub y_label: String,
     pub log_x: bool,
+    /// A log y axis (a scaling law is a line on log–log axes).
+    pub log_y: bool,
     /// Draw a dashed line at y = 0 (difference plots).
     pub zero_line: bool,
     pub series: Vec<Series>,
@@ -95,7 +99,7 @@ impl Figure {
             .series
             .iter()
             .flat_map(|s| s.line.iter().map(|p| p.1).chain(s.band.iter().flat_map(|b| [b.1, b.2])))
-            .filter(|y| y.is_finite())
+            .filter(|y| y.is_finite() && (!self.log_y || *y > 0.0))
             .collect();
         if self.zero_line {
             ys.push(0.0);
@@ -107,16 +111,18 @@ impl Figure {
             ys.push(0.0);
         }
         let (x_lo, x_hi) = (min(&xs), max(&xs));
-        let pad = (max(&ys) - min(&ys)).max(1e-12) * 0.05;
-        let x = Scale { lo: x_lo, hi: x_hi, log: self.log_x, zero, from: LEFT, to: WIDTH - RIGHT };
-        let y = Scale {
-            lo: min(&ys) - pad,
-            hi: max(&ys) + pad,
-            log: false,
-            zero: false,
-            from: HEIGHT - BOTTOM,
-            to: TOP,
+        let (y_lo, y_hi) = match self.log_y {
+            true => {
+                let pad = (max(&ys) / min(&ys)).max(1.0 + 1e-12).powf(0.05);
+                (min(&ys) / pad, max(&ys) * pad)
+            }
+            false => {
+                let pad = (max(&ys) - min(&ys)).max(1e-12) * 0.05;
+                (min(&ys) - pad, max(&ys) + pad)
+            }
         };
+        let x = Scale { lo: x_lo, hi: x_hi, log: self.log_x, zero, from: LEFT, to: WIDTH - RIGHT };
+        let y = Scale { lo: y_lo, hi: y_hi, log: self.log_y, zero: false, from: HEIGHT - BOTTOM, to: TOP };
 
         let mut svg = String::new();
         let _ = write!(
@@ -147,16 +153,17 @@ impl Figure {
                 );
             }
             let line = thin(&s.line);
+            let stroke = if s.scatter { "none" } else { s.color.as_str() };
             let _ = write!(
                 svg,
                 r#"<path class="series" data-label="{}" data-points="{}" d="{}" fill="none" stroke="{}" stroke-width="1.8"><title>{}</title></path>"#,
                 escape(&s.label),
                 line.len(),
                 path(&line, &x, &y),
-                s.color,
+                stroke,
                 escape(&s.label)
             );
-            if line.len() <= MARKED {
+            if line.len() <= MARKED || s.scatter {
                 for &(px, py) in line.iter().filter(|p| x.shows(p.0) && p.1.is_finite()) {
                     let _ = write!(
                         svg,
@@ -196,7 +203,14 @@ impl Figure {
                 tick_label(t)
             );
         }
-        for t in linear_ticks(y.lo, y.hi) {
+        let y_ticks = match self.log_y {
+            // A loss spans less than a decade: log ticks where there are enough, else even ones.
+            true => Some(log_ticks(y.lo, y.hi))
+                .filter(|t| t.len() >= 3)
+                .unwrap_or_else(|| linear_ticks(y.lo, y.hi)),
+            false => linear_ticks(y.lo, y.hi),
+        };
+        for t in y_ticks {
             let py = y.px(t);
             let _ = write!(
                 svg,
@@ -221,7 +235,7 @@ impl Figure {
             escape(&self.x_label),
             if self.log_x { " (log scale)" } else { "" },
             (y0 + y1) / 2.0,
-            escape(&self.y_label)
+            escape(&format!("{}{}", self.y_label, if self.log_y { " (log scale)" } else { "" }))
         );
     }
 
@@ -317,11 +331,16 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     ticks
 }
 
-/// `1.5k`, `2M`, `0.25`, `6e-4`.
+/// `1.5k`, `2M`, `3e10`, `0.25`, `6e-4`.
 pub fn tick_label(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
+    } else if a >= 1e9 {
+        // FLOPs: powers of ten read better than thousands of millions.
+        let s = format!("{v:.2e}");
+        let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+        format!("{}e{exponent}", trim(mantissa.to_owned()))
     } else if a >= 1e6 {
         trim(format!("{:.2}", v / 1e6)) + "M"
     } else if a >= 1e4 {
@@ -383,6 +402,8 @@ mod tests {
         assert_eq!(tick_label(2_000_000.0), "2M");
         assert_eq!(tick_label(6e-4), "6e-4");
         assert_eq!(tick_label(5.25), "5.25");
+        assert_eq!(tick_label(3e10), "3e10");
+        assert_eq!(tick_label(2.5e11), "2.5e11");
     }
 
     #[test]
@@ -392,6 +413,7 @@ mod tests {
             x_label: "tokens".into(),
             y_label: "nats".into(),
             log_x: true,
+            log_y: false,
             zero_line: false,
             series: vec![Series {
                 label: "value_norm".into(),
@@ -399,6 +421,7 @@ mod tests {
                 line: (1..=2000).map(|i| (i as f64 * 100.0, 5.0 / (i as f64).sqrt())).collect(),
                 band: vec![(100.0, 4.0, 6.0), (200_000.0, 0.1, 0.2)],
                 raw: vec![vec![(100.0, 5.5), (200.0, 4.0)]],
+                scatter: false,
             }],
         };
         let svg = fig.to_svg();

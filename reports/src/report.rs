@@ -24,10 +24,38 @@ pub struct ReportFiles {
 
 /// Writes the report into `dir` (created if needed).
 pub fn write_report(c: &Comparison, dir: &Path) -> Result<ReportFiles, ReportError> {
+    let summaries = c.summaries();
+    let page = Page {
+        title: title(c),
+        lead: settings_line(c),
+        notes: c.notes.clone(),
+        sections: sections(c, &summaries),
+        figures: figures(c),
+        numbers: numbers(c, &summaries),
+    };
+    write_page(&page, dir)
+}
+
+/// One report page, whatever it reports (a comparison, a tune, a ladder): rendered the same
+/// way as HTML and Markdown, with its numbers as JSON and its plots as SVG and PNG.
+pub(crate) struct Page {
+    pub title: String,
+    /// The line under the title, saying how to read the page.
+    pub lead: String,
+    /// Things the reader must know, said once at the top.
+    pub notes: Vec<String>,
+    pub sections: Vec<Section>,
+    /// The plots, with their file names.
+    pub figures: Vec<(String, Figure)>,
+    pub numbers: serde_json::Value,
+}
+
+/// Writes `page` into `dir` (created if needed): `report.html`, `report.md`, `report.json` and
+/// each plot as `.svg` and `.png`.
+pub(crate) fn write_page(page: &Page, dir: &Path) -> Result<ReportFiles, ReportError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let figures = figures(c);
     let mut plots = Vec::new();
-    for (slug, figure) in &figures {
+    for (slug, figure) in &page.figures {
         let svg = figure.to_svg();
         let svg_path = dir.join(format!("{slug}.svg"));
         std::fs::write(&svg_path, &svg).map_err(|e| io(&svg_path, e))?;
@@ -37,7 +65,6 @@ pub fn write_report(c: &Comparison, dir: &Path) -> Result<ReportFiles, ReportErr
         std::fs::write(&png_path, png).map_err(|e| io(&png_path, e))?;
         plots.extend([svg_path, png_path]);
     }
-    let summaries = c.summaries();
     let files = ReportFiles {
         html: dir.join("report.html"),
         markdown: dir.join("report.md"),
@@ -45,9 +72,9 @@ pub fn write_report(c: &Comparison, dir: &Path) -> Result<ReportFiles, ReportErr
         dir: dir.to_owned(),
         plots,
     };
-    std::fs::write(&files.html, html(c, &summaries, &figures)).map_err(|e| io(&files.html, e))?;
-    std::fs::write(&files.markdown, markdown(c, &summaries, &figures)).map_err(|e| io(&files.markdown, e))?;
-    let numbers = serde_json::to_string_pretty(&numbers(c, &summaries)).expect("report numbers serialise");
+    std::fs::write(&files.html, html(page)).map_err(|e| io(&files.html, e))?;
+    std::fs::write(&files.markdown, markdown(page)).map_err(|e| io(&files.markdown, e))?;
+    let numbers = serde_json::to_string_pretty(&page.numbers).expect("report numbers serialise");
     std::fs::write(&files.json, numbers).map_err(|e| io(&files.json, e))?;
     Ok(files)
 }
@@ -81,6 +108,7 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
         x_label: c.options.x.label().to_owned(),
         y_label: y,
         log_x: c.options.x.log(),
+        log_y: false,
         zero_line,
         series,
     };
@@ -128,6 +156,7 @@ fn curves(c: &Comparison, metric: &Metric) -> Vec<Series> {
                     Vec::new()
                 },
                 raw: curve.raw,
+                scatter: false,
             }
         })
         .collect()
@@ -145,7 +174,7 @@ fn differences(c: &Comparison, metric: &Metric) -> Vec<Series> {
         .collect()
 }
 
-fn fmt(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn fmt(v: Option<f64>, digits: usize) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.digits$}"),
         _ => "–".into(),
@@ -153,7 +182,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// (header, rows) of the summary table.
-fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+pub(crate) fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let test = summaries.first().is_some_and(|s| s.split == "test");
     let header = vec![
         "group",
@@ -242,7 +271,10 @@ fn interpolation_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) 
 
 const INTERPOLATION_NOTE: &str = "Barrier: the highest loss on the linear path between the two runs' weights minus the mean of the two ends' losses (Frankle et al. 2020, §2); near 0 means the runs are linearly connected. Above the line: the largest rise over the straight line between the ends' losses (0 when the highest loss is an end).";
 
-fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
+/// (header, rows) of the runs table: one row per run, labelled with its group.
+pub(crate) fn runs_table<'a>(
+    runs: impl IntoIterator<Item = (String, &'a Run)>,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let header = vec![
         "run",
         "group",
@@ -258,14 +290,12 @@ fn runs_table(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "test loss",
     ];
     let count = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "–".into());
-    let rows = c
-        .groups
-        .iter()
-        .flat_map(|g| g.runs.iter().map(move |r| (g, r)))
-        .map(|(g, r): (_, &Run)| {
+    let rows = runs
+        .into_iter()
+        .map(|(group, r)| {
             vec![
                 r.id.clone(),
-                g.label.clone(),
+                group,
                 r.seed.to_string(),
                 r.status.clone(),
                 r.precision(),
@@ -331,31 +361,35 @@ fn settings_line(c: &Comparison) -> String {
     )
 }
 
-/// One section of the report, rendered the same way in HTML and Markdown.
-struct Section {
-    heading: String,
+/// One section of a report page, rendered the same way in HTML and Markdown.
+pub(crate) struct Section {
+    pub heading: String,
     /// A line under the heading, saying how to read it.
-    note: Option<String>,
-    body: Body,
+    pub note: Option<String>,
+    pub body: Body,
 }
 
-enum Body {
+pub(crate) enum Body {
     Table(Vec<String>, Vec<Vec<String>>),
     Text(String),
     /// The plots (inline SVG in HTML, links to the SVG files in Markdown).
     Figures,
 }
 
+impl Section {
+    pub(crate) fn new(heading: &str, note: Option<&str>, body: Body) -> Self {
+        Self { heading: heading.to_owned(), note: note.map(str::to_owned), body }
+    }
+}
+
+/// A table body from a (header, rows) pair.
+pub(crate) fn table<H: AsRef<str>>((header, rows): (Vec<H>, Vec<Vec<String>>)) -> Body {
+    Body::Table(header.iter().map(|h| h.as_ref().to_owned()).collect(), rows)
+}
+
 /// The report's sections, in order: the one list both renderings follow.
 fn sections(c: &Comparison, summaries: &[Summary]) -> Vec<Section> {
-    let table = |(header, rows): (Vec<&str>, Vec<Vec<String>>)| {
-        Body::Table(header.into_iter().map(str::to_owned).collect(), rows)
-    };
-    let section = |heading: &str, note: Option<&str>, body| Section {
-        heading: heading.to_owned(),
-        note: note.map(str::to_owned),
-        body,
-    };
+    let section = Section::new;
     let (dh, dr) = diff_table(c);
     let mut out = vec![
         section(
@@ -385,21 +419,21 @@ fn sections(c: &Comparison, summaries: &[Summary]) -> Vec<Section> {
             table(interpolation_table(c)),
         ));
     }
-    out.push(section("Runs", None, table(runs_table(c))));
+    let runs = c.groups.iter().flat_map(|g| g.runs.iter().map(move |r| (g.label.clone(), r)));
+    out.push(section("Runs", None, table(runs_table(runs))));
     out
 }
 
-fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
-    let mut body =
-        format!("<h1>{}</h1><p class=\"muted\">{}</p>", escape(&title(c)), escape(&settings_line(c)));
-    if !c.notes.is_empty() {
+fn html(page: &Page) -> String {
+    let mut body = format!("<h1>{}</h1><p class=\"muted\">{}</p>", escape(&page.title), escape(&page.lead));
+    if !page.notes.is_empty() {
         body.push_str("<div class=\"notes\"><b>Read this first</b><ul>");
-        for n in &c.notes {
+        for n in &page.notes {
             let _ = write!(body, "<li>{}</li>", escape(n));
         }
         body.push_str("</ul></div>");
     }
-    for s in sections(c, summaries) {
+    for s in &page.sections {
         let _ = write!(body, "<h2>{}</h2>", escape(&s.heading));
         if let Some(note) = &s.note {
             let _ = write!(body, "<p class=\"muted\">{}</p>", escape(note));
@@ -411,7 +445,7 @@ fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> 
             }
             Body::Figures => {
                 body.push_str("<div class=\"plots\">");
-                for (slug, f) in figures {
+                for (slug, f) in &page.figures {
                     let _ = write!(body, "<figure id=\"{slug}\">{}</figure>", f.to_svg());
                 }
                 body.push_str("</div>");
@@ -420,7 +454,7 @@ fn html(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> 
     }
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>\n",
-        escape(&title(c))
+        escape(&page.title)
     )
 }
 
@@ -430,12 +464,12 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;paddin
 .notes{background:#fff7e0;border:1px solid #e8c860;padding:8px 12px;font-size:13px}\
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:8px}figure{margin:0}svg.plot{width:100%;height:auto}";
 
-fn markdown(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)]) -> String {
-    let mut md = format!("# {}\n\n{}\n\n", title(c), settings_line(c));
-    for n in &c.notes {
+fn markdown(page: &Page) -> String {
+    let mut md = format!("# {}\n\n{}\n\n", page.title, page.lead);
+    for n in &page.notes {
         let _ = writeln!(md, "> **Note:** {n}\n");
     }
-    for s in sections(c, summaries) {
+    for s in &page.sections {
         let _ = write!(md, "## {}\n\n", s.heading);
         if let Some(note) = &s.note {
             let _ = write!(md, "{note}\n\n");
@@ -448,7 +482,7 @@ fn markdown(c: &Comparison, summaries: &[Summary], figures: &[(String, Figure)])
                 let _ = write!(md, "{text}\n\n");
             }
             Body::Figures => {
-                for (slug, f) in figures {
+                for (slug, f) in &page.figures {
                     let _ = writeln!(md, "![{}]({slug}.svg)", f.title);
                 }
                 md.push('\n');
@@ -474,18 +508,23 @@ fn numbers(c: &Comparison, summaries: &[Summary]) -> serde_json::Value {
             "branched_at": t.branched_at,
             "barriers": t.splits().into_iter().map(|s| (s.clone(), t.barrier(&s))).collect::<std::collections::BTreeMap<_, _>>(),
         })).collect::<Vec<_>>(),
-        "runs": c.groups.iter().flat_map(|g| g.runs.iter().map(move |r| json!({
-            "id": r.id,
-            "dir": r.dir,
-            "group": g.label,
-            "seed": r.seed,
-            "status": r.status,
-            "final_val_loss": r.final_val().map(|v| v.0),
-            "final_val_accuracy": r.final_val().map(|v| v.1),
-            "test_loss": r.final_on(crate::stats::Split::Test).map(|v| v.0),
-            "test_accuracy": r.final_on(crate::stats::Split::Test).map(|v| v.1),
-            "flops_per_token": r.flops_per_token,
-            "tokens": r.tokens(),
-        }))).collect::<Vec<_>>(),
+        "runs": c.groups.iter().flat_map(|g| g.runs.iter().map(move |r| run_numbers(&g.label, r))).collect::<Vec<_>>(),
+    })
+}
+
+/// A run's numbers in a report's JSON.
+pub(crate) fn run_numbers(group: &str, r: &Run) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "dir": r.dir,
+        "group": group,
+        "seed": r.seed,
+        "status": r.status,
+        "final_val_loss": r.final_val().map(|v| v.0),
+        "final_val_accuracy": r.final_val().map(|v| v.1),
+        "test_loss": r.final_on(crate::stats::Split::Test).map(|v| v.0),
+        "test_accuracy": r.final_on(crate::stats::Split::Test).map(|v| v.1),
+        "flops_per_token": r.flops_per_token,
+        "tokens": r.tokens(),
     })
 }
