@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tests, set up on a fresh machine: finds (or installs) what the end-to-end tests use beside
-# Rust — headless Chromium, and pyarrow, pandas, polars and DuckDB in a private folder — then runs
+# Rust — headless Chromium and its chromedriver, and pyarrow, pandas, polars and DuckDB in a private folder — then runs
 # `cargo test --release --workspace` with them. CI runs exactly this (.ci/run).
 #
 #   scripts/test.sh                  # the whole suite
@@ -26,6 +26,26 @@ if [ -z "$chromium" ]; then
   fi
 fi
 export LMHOST_CHROMIUM=$chromium
+
+# chromedriver drives that Chromium in the dashboard's tests (WebDriver); Debian's matches its Chromium.
+chromedriver=""
+for name in chromedriver chromium-driver; do
+  if command -v "$name" >/dev/null 2>&1; then chromedriver=$(command -v "$name"); break; fi
+done
+if [ -z "$chromedriver" ] && [ -x /usr/lib/chromium/chromedriver ]; then chromedriver=/usr/lib/chromium/chromedriver; fi
+if [ -z "$chromedriver" ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    echo "test: installing chromedriver (apt-get install chromium-driver)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium-driver >/dev/null
+    chromedriver=$(command -v chromedriver)
+  else
+    echo "test: chromedriver is needed (apt-get install chromium-driver, or put chromedriver on PATH)" >&2
+    exit 1
+  fi
+fi
+export LMHOST_CHROMEDRIVER=$chromedriver
 
 # Python readers of the stats, installed privately so that nothing system-wide changes.
 py=target/test-python

@@ -48,6 +48,8 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// A live dashboard of every run under the folders, in the browser (http://127.0.0.1:8080).
+    Serve(crate::serve::ServeArgs),
     /// Compare runs: HTML, Markdown and JSON reports, plots of the losses and their difference to the baseline.
     Compare(crate::report_cmd::CompareArgs),
     /// Sample text from a trained run (or its prod weights in the built-in baseline).
@@ -343,14 +345,21 @@ fn dispatch(command: Command) -> Result<bool> {
         Command::Demo { overrides, common } => {
             let folder = demo_plugin_folder()?;
             let source = workspace::build_crate_folder(&folder)?;
-            orchestrate::run(&RunPlan {
+            let ok = orchestrate::run(&RunPlan {
                 request: common.request(&demo_keys(&overrides))?,
                 ..common.plan(source)
-            })
+            })?;
+            println!(
+                "\nopen the results in the browser: {} serve {}",
+                std::env::current_exe().map(|e| e.display().to_string()).unwrap_or_else(|_| "lmhost".into()),
+                common.runs_dir.display()
+            );
+            Ok(ok)
         }
         Command::Tune(args) => crate::study::tune(&args),
         Command::Ladder(args) => crate::study::ladder(&args),
         Command::Compare(args) => crate::report_cmd::compare_command(&args),
+        Command::Serve(args) => crate::serve::serve(&args),
         Command::Generate(args) => crate::generate_cmd::generate_command(&args),
         Command::Export(args) => crate::export_cmd::export_command(&args),
         Command::New { name } => crate::scaffold::new_plugin(&name),

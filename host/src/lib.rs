@@ -33,6 +33,7 @@ pub mod run_plan;
 pub mod run_store;
 pub mod scaffold;
 pub mod schedule;
+pub mod serve;
 pub mod study;
 pub mod sweep;
 pub mod train;

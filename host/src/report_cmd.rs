@@ -64,6 +64,7 @@ pub fn compare_command(args: &CompareArgs) -> Result<bool> {
         force: args.force,
         split: args.split,
         observing: crate::config::observing_keys(),
+        x_range: None,
     };
     let (tables, dirs): (Vec<PathBuf>, Vec<PathBuf>) =
         dirs.into_iter().partition(|d| reports::is_interpolation(d));
@@ -165,7 +166,7 @@ fn expand(patterns: &[String]) -> Result<Vec<PathBuf>> {
 }
 
 /// `value_norm/normv1_0 vs baseline` → `value_norm-normv1_0-vs-baseline`.
-fn slug(title: &str) -> String {
+pub fn slug(title: &str) -> String {
     let s: String =
         title.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
     let parts: Vec<&str> = s.split('-').filter(|p| !p.is_empty()).collect();

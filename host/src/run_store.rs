@@ -244,24 +244,32 @@ impl RunStore {
         unreachable!()
     }
 
+    /// Every run folder (one with a `run.json`) in this folder and in the sweep and study folders
+    /// it holds, in name order.
+    pub fn run_dirs(&self) -> Vec<PathBuf> {
+        let subfolders = |dir: &Path| -> Vec<PathBuf> {
+            let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+                .unwrap_or_default();
+            dirs.sort();
+            dirs
+        };
+        let mut found = Vec::new();
+        for dir in subfolders(&self.root) {
+            if dir.join("run.json").is_file() {
+                found.push(dir);
+            } else {
+                found.extend(subfolders(&dir).into_iter().filter(|d| d.join("run.json").is_file()));
+            }
+        }
+        found
+    }
+
     /// Every run with this fingerprint, oldest first, in this folder and in the sweep folders
     /// it holds (a folder of runs without a `run.json` of its own).
     pub fn twins(&self, fingerprint: &str) -> Vec<(PathBuf, RunRecord)> {
-        let subfolders = |dir: &Path| -> Vec<PathBuf> {
-            fs::read_dir(dir)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
-                .unwrap_or_default()
-        };
-        let mut found: Vec<(PathBuf, RunRecord)> = Vec::new();
-        for dir in subfolders(&self.root) {
-            if dir.join("run.json").is_file() {
-                found.extend(read_record(&dir).ok().map(|r| (dir, r)));
-            } else {
-                found.extend(
-                    subfolders(&dir).into_iter().filter_map(|d| read_record(&d).ok().map(|r| (d, r))),
-                );
-            }
-        }
+        let mut found: Vec<(PathBuf, RunRecord)> =
+            self.run_dirs().into_iter().filter_map(|d| read_record(&d).ok().map(|r| (d, r))).collect();
         found.retain(|(_, r)| r.fingerprint == fingerprint);
         found.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
         found

@@ -75,6 +75,8 @@ pub struct CompareOptions {
     /// Config keys that only observe (logging and evaluation cadences, checkpoint policies):
     /// runs that differ in them alone are replicates.
     pub observing: Vec<String>,
+    /// The x range the plots draw (the dashboard's zoom); `None`: everything.
+    pub x_range: Option<(f64, f64)>,
 }
 
 impl Default for CompareOptions {
@@ -87,6 +89,7 @@ impl Default for CompareOptions {
             force: false,
             split: Split::Val,
             observing: Vec::new(),
+            x_range: None,
         }
     }
 }

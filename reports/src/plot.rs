@@ -44,6 +44,8 @@ pub struct Figure {
     pub log_y: bool,
     /// Draw a dashed line at y = 0 (difference plots).
     pub zero_line: bool,
+    /// Draw only the points with x in this range (a zoomed view); `None`: all of them.
+    pub x_range: Option<(f64, f64)>,
     pub series: Vec<Series>,
 }
 
@@ -84,11 +86,30 @@ impl Scale {
 }
 
 impl Figure {
+    /// The figure with only the points whose x lies in `lo..=hi`.
+    fn zoomed(&self, (lo, hi): (f64, f64)) -> Figure {
+        let keep = |x: f64| x >= lo && x <= hi;
+        let series = self
+            .series
+            .iter()
+            .map(|s| Series {
+                line: s.line.iter().copied().filter(|p| keep(p.0)).collect(),
+                band: s.band.iter().copied().filter(|b| keep(b.0)).collect(),
+                raw: s.raw.iter().map(|r| r.iter().copied().filter(|p| keep(p.0)).collect()).collect(),
+                ..s.clone()
+            })
+            .collect();
+        Figure { series, x_range: None, ..self.clone() }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.series.iter().all(|s| s.line.is_empty())
     }
 
     pub fn to_svg(&self) -> String {
+        if let Some(range) = self.x_range {
+            return self.zoomed(range).to_svg();
+        }
         let points =
             || self.series.iter().flat_map(|s| s.line.iter().copied().chain(s.raw.iter().flatten().copied()));
         let zero = self.log_x && points().any(|p| p.0 == 0.0);
@@ -127,7 +148,17 @@ impl Figure {
         let mut svg = String::new();
         let _ = write!(
             svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="20" font-size="13" font-weight="bold">{}</text>"#,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11" data-axes="{}"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="20" font-size="13" font-weight="bold">{}</text>"#,
+            // How pixels map back to data, for a page that reads values off the plot.
+            escape(
+                &serde_json::json!({
+                    "x": [x.lo, x.hi, x.from + if x.log && x.zero { ZERO_GAP } else { 0.0 }, x.to],
+                    "y": [y.lo, y.hi, y.from, y.to],
+                    "log_x": x.log,
+                    "log_y": y.log,
+                })
+                .to_string()
+            ),
             escape(&self.title)
         );
         self.axes(&mut svg, &x, &y);
@@ -415,6 +446,7 @@ mod tests {
             log_x: true,
             log_y: false,
             zero_line: false,
+            x_range: None,
             series: vec![Series {
                 label: "value_norm".into(),
                 color: PALETTE[0].into(),

@@ -102,7 +102,7 @@ pub fn title(c: &Comparison) -> String {
 /// Every plot of the report, with its file name: a panel per column of [`PANELS`] (with its
 /// difference to the baseline where the panel says), the interpolation paths, then one per
 /// extra metric.
-fn figures(c: &Comparison) -> Vec<(String, Figure)> {
+pub fn figures(c: &Comparison) -> Vec<(String, Figure)> {
     let figure = |title: String, y: String, zero_line: bool, series: Vec<Series>| Figure {
         title,
         x_label: c.options.x.label().to_owned(),
@@ -110,6 +110,7 @@ fn figures(c: &Comparison) -> Vec<(String, Figure)> {
         log_x: c.options.x.log(),
         log_y: false,
         zero_line,
+        x_range: c.options.x_range,
         series,
     };
     let smoothing = |m: &Metric| match m.smoothed() && c.options.smoothing > 0.0 {
@@ -179,6 +180,11 @@ pub(crate) fn fmt(v: Option<f64>, digits: usize) -> String {
         Some(v) if v.is_finite() => format!("{v:.digits$}"),
         _ => "–".into(),
     }
+}
+
+/// The summary table of `c` as every report shows it: (header, rows).
+pub fn summary_rows(c: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    summary_table(&c.summaries())
 }
 
 /// (header, rows) of the summary table.

@@ -160,7 +160,11 @@ pub fn chromium() -> PathBuf {
     }
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .map(PathBuf::from)
+        .find_map(on_path)
         .expect("headless Chromium is needed: run the tests with scripts/test.sh, which installs it")
+}
+
+/// The program `name` as found on the PATH, by its full path (chromedriver wants one).
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
