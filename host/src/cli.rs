@@ -326,20 +326,7 @@ fn dispatch(command: Command) -> Result<bool> {
             let sweep = args.run.sweep(source)?;
             match args.emit {
                 None => sweep.run(args.run.dry_run),
-                Some(crate::sweep::Emit::Slurm) => {
-                    let (script, tasks) = sweep.slurm_script(&std::env::current_exe()?, &args.slurm, None)?;
-                    let out =
-                        args.out.clone().unwrap_or_else(|| PathBuf::from(format!("{}.sbatch", sweep.name())));
-                    std::fs::write(&out, script)
-                        .with_context(|| format!("cannot write {}", out.display()))?;
-                    println!(
-                        "wrote {} ({} runs); submit it with: bash {}",
-                        out.display(),
-                        tasks,
-                        out.display()
-                    );
-                    Ok(true)
-                }
+                Some(crate::sweep::Emit::Slurm) => sweep.write_slurm(args.out.as_deref(), &args.slurm, None),
             }
         }
         Command::Demo { overrides, common } => {

@@ -149,11 +149,7 @@ impl StudyArgs {
 
     /// Writes the job script; `again` is the study's command for its last job.
     fn emit(&self, sweep: &Sweep, again: &[String]) -> Result<bool> {
-        let (script, tasks) = sweep.slurm_script(&std::env::current_exe()?, &self.slurm, Some(again))?;
-        let out = self.out.clone().unwrap_or_else(|| PathBuf::from(format!("{}.sbatch", sweep.name())));
-        std::fs::write(&out, script).with_context(|| format!("cannot write {}", out.display()))?;
-        println!("wrote {} ({tasks} runs); submit it with: bash {}", out.display(), out.display());
-        Ok(true)
+        sweep.write_slurm(self.out.as_deref(), &self.slurm, Some(again))
     }
 }
 

@@ -335,6 +335,20 @@ impl Sweep {
         writeln!(w, "fi")?;
         Ok((s, tasks.len()))
     }
+
+    /// Writes the job script to `out` [default: `<name>.sbatch`] and says how to submit it.
+    pub fn write_slurm(
+        &self,
+        out: Option<&Path>,
+        slurm: &SlurmOptions,
+        finish: Option<&[String]>,
+    ) -> Result<bool> {
+        let (script, tasks) = self.slurm_script(&std::env::current_exe()?, slurm, finish)?;
+        let out = out.map_or_else(|| PathBuf::from(format!("{}.sbatch", self.name())), Path::to_owned);
+        std::fs::write(&out, script).with_context(|| format!("cannot write {}", out.display()))?;
+        println!("wrote {} ({tasks} runs); submit it with: bash {}", out.display(), out.display());
+        Ok(true)
+    }
 }
 
 /// What `--emit` writes.
