@@ -101,9 +101,8 @@ impl Dashboard {
             .collect()
     }
 
-    /// The run at `dir`, read again only when its files changed.
-    fn read(&self, dir: &Path) -> (Option<Arc<reports::Run>>, Value, Stamp) {
-        let now = stamp(dir);
+    /// The run at `dir`, read again only when its files changed (`now`: their stamp).
+    fn read(&self, dir: &Path, now: Stamp) -> (Option<Arc<reports::Run>>, Value, Stamp) {
         let mut cache = self.cache.lock().expect("the cache lock");
         if let Some(c) = cache.get(dir).filter(|c| c.stamp == now) {
             return (c.run.clone(), c.record.clone(), now);
@@ -118,8 +117,8 @@ impl Dashboard {
         (run, record, now)
     }
 
-    fn row(&self, key: String, dir: &Path) -> RunRow {
-        let (run, record, stamp) = self.read(dir);
+    fn row(&self, key: String, dir: &Path, now: Stamp) -> RunRow {
+        let (run, record, stamp) = self.read(dir, now);
         let version = format!("{:?}{:?}{}", stamp.0, stamp.1, stamp.2);
         let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
         match run {
@@ -152,11 +151,7 @@ impl Dashboard {
                 tokens_per_s: None,
                 val_loss: None,
                 test_loss: None,
-                config: ["run", "model"]
-                    .iter()
-                    .filter_map(|p| record["config"][p].as_object())
-                    .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
-                    .collect(),
+                config: reports::runs::config_of(&record),
                 version,
             },
         }
@@ -186,7 +181,7 @@ impl Dashboard {
             .filter(|k| !k.is_empty())
             .map(|k| {
                 let dir = self.resolve(k).map_err(|s| (s, format!("no run {k}")))?;
-                let (run, _, _) = self.read(&dir);
+                let (run, _, _) = self.read(&dir, stamp(&dir));
                 run.map(|r| (*r).clone())
                     .ok_or((StatusCode::UNPROCESSABLE_ENTITY, format!("{k} has no stats yet")))
             })
@@ -252,13 +247,30 @@ async fn page() -> impl IntoResponse {
     )
 }
 
-async fn runs(State(d): Shared) -> Json<Value> {
-    let rows: Vec<RunRow> = d.run_dirs().into_iter().map(|(k, dir)| d.row(k, &dir)).collect();
-    Json(json!({
+/// The runs table. Its ETag is the runs' file stamps, so a poll that finds nothing changed is
+/// answered 304 after a `stat` per file, without reading or sending the table again.
+async fn runs(State(d): Shared, headers: axum::http::HeaderMap) -> Response {
+    let dirs = d.run_dirs();
+    let stamps: Vec<Stamp> = dirs.iter().map(|(_, dir)| stamp(dir)).collect();
+    let etag = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (&dirs, &stamps).hash(&mut h);
+        format!("\"{:016x}\"", h.finish())
+    };
+    let etag_header = (header::ETAG, HeaderValue::from_str(&etag).expect("hex is a header value"));
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, [etag_header]).into_response();
+    }
+    let rows: Vec<RunRow> =
+        dirs.into_iter().zip(stamps).map(|((key, dir), now)| d.row(key, &dir, now)).collect();
+    let table = json!({
         "folders": d.roots,
         "observing": crate::config::observing_keys(),
         "runs": rows,
-    }))
+    });
+    ([etag_header, (header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))], Json(table))
+        .into_response()
 }
 
 async fn compare(State(d): Shared, Query(view): Query<View>) -> Result<Json<Value>, (StatusCode, String)> {

@@ -59,6 +59,10 @@ pub struct Fit {
     pub alpha95: Interval,
     /// The root mean square of log L − log L̂ over the runs.
     pub log_rms: f64,
+    /// The law fitted to each bootstrap resample (`None` where one did not fit), the same
+    /// resamples in every arm: each interval, band and multiplier is read from these.
+    #[serde(skip)]
+    pub resamples: Vec<Option<PowerLaw>>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +138,7 @@ impl Ladder {
                 continue;
             }
             let mut arm = LadderArm { label, is_baseline, rungs, fit: None };
-            arm.fit = fit_with_intervals(&arm, &mut Resampler::new(1));
+            arm.fit = fit_with_intervals(&arm);
             if arm.fit.is_none() {
                 notes.push(format!(
                     "{}: no scaling law fits (it needs three sizes or more, and a loss that falls with compute)",
@@ -272,7 +276,7 @@ impl Ladder {
                 ..Series::default()
             });
             if let Some(fit) = &arm.fit {
-                let band = bootstrap_curves(arm, &grid, &mut Resampler::new(2));
+                let band = band(fit, &grid);
                 series.push(Series {
                     label: format!(
                         "{} fit: {:.3} + {:.2e}·C^−{:.3}",
@@ -388,44 +392,45 @@ fn interval(values: &[f64]) -> Interval {
     (quantile(values, 0.025), quantile(values, 0.975))
 }
 
-fn fit_with_intervals(arm: &LadderArm, r: &mut Resampler) -> Option<Fit> {
+/// The arm's law and its intervals. Every arm draws the same sequence of resamples, so in the
+/// i-th resample both arms keep the same seeds (they share each seed's data order): a paired
+/// bootstrap.
+fn fit_with_intervals(arm: &LadderArm) -> Option<Fit> {
     let points = arm.points();
     let law = PowerLaw::fit(&points)?;
-    let laws: Vec<PowerLaw> = (0..RESAMPLES).filter_map(|_| PowerLaw::fit(&resample(arm, r))).collect();
-    let of = |f: fn(&PowerLaw) -> f64| interval(&laws.iter().map(f).collect::<Vec<_>>());
+    let mut r = Resampler::new(1);
+    let resamples: Vec<Option<PowerLaw>> =
+        (0..RESAMPLES).map(|_| PowerLaw::fit(&resample(arm, &mut r))).collect();
+    let of = |f: fn(&PowerLaw) -> f64| interval(&resamples.iter().flatten().map(f).collect::<Vec<_>>());
     Some(Fit {
         law,
         e95: of(|l| l.e),
         a95: of(|l| l.a),
         alpha95: of(|l| l.alpha),
         log_rms: law.log_rms(&points),
+        resamples,
     })
 }
 
 /// The band of the fitted curve at each `grid` compute: 2.5–97.5 % of the resampled fits.
-fn bootstrap_curves(arm: &LadderArm, grid: &[f64], r: &mut Resampler) -> Vec<(f64, f64, f64)> {
-    let laws: Vec<PowerLaw> = (0..RESAMPLES).filter_map(|_| PowerLaw::fit(&resample(arm, r))).collect();
+fn band(fit: &Fit, grid: &[f64]) -> Vec<(f64, f64, f64)> {
     grid.iter()
         .map(|&c| {
-            let (lo, hi) = interval(&laws.iter().map(|l| l.loss(c)).collect::<Vec<_>>());
+            let (lo, hi) = interval(&fit.resamples.iter().flatten().map(|l| l.loss(c)).collect::<Vec<_>>());
             (c, lo, hi)
         })
         .collect()
 }
 
 /// The experiment's multiplier over the baseline at each of its sizes' FLOPs and at 10× the
-/// largest, with intervals from resampling both arms' seeds.
+/// largest, with intervals from the arms' paired resamples.
 fn multipliers(base: &LadderArm, exp: &LadderArm) -> Vec<Multiplier> {
     let (Some(bf), Some(ef)) = (&base.fit, &exp.fit) else { return Vec::new() };
     let mut at: Vec<(Option<usize>, f64)> = exp.rungs.iter().map(|r| (Some(r.size), r.flops())).collect();
     let largest = at.iter().map(|a| a.1).fold(0.0, f64::max);
     at.push((None, largest * EXTRAPOLATION));
-    let mut r = Resampler::new(3);
-    let pairs: Vec<(PowerLaw, PowerLaw)> = (0..RESAMPLES)
-        .filter_map(|_| {
-            Some((PowerLaw::fit(&resample(base, &mut r))?, PowerLaw::fit(&resample(exp, &mut r))?))
-        })
-        .collect();
+    let pairs: Vec<(PowerLaw, PowerLaw)> =
+        bf.resamples.iter().zip(&ef.resamples).filter_map(|(b, e)| Some(((*b)?, (*e)?))).collect();
     at.into_iter()
         .map(|(size, c)| Multiplier {
             size,

@@ -26,6 +26,15 @@ pub enum ReportError {
     Io { path: String, source: std::io::Error },
 }
 
+/// Every knob of a `run.json`, host and model, by name.
+pub fn config_of(record: &Value) -> BTreeMap<String, Value> {
+    ["run", "model"]
+        .iter()
+        .filter_map(|part| record["config"][part].as_object())
+        .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect()
+}
+
 /// One run folder, read.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -64,11 +73,7 @@ impl Run {
             .map_err(|e| ReportError::BadRecord { path: shown.clone(), reason: e.to_string() })?;
         let bad = |what: &str| ReportError::BadRecord { path: shown.clone(), reason: format!("no {what}") };
         let str_at = |v: &Value| v.as_str().map(str::to_owned);
-        let config: BTreeMap<String, Value> = ["run", "model"]
-            .iter()
-            .filter_map(|part| record["config"][part].as_object())
-            .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
-            .collect();
+        let config = config_of(&record);
         let stats_path = dir.join("stats.arrows");
         if !stats_path.exists() {
             return Err(ReportError::EmptyRun(shown));

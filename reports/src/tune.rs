@@ -339,19 +339,10 @@ mod tests {
 
     fn row(split: Split, loss: f64) -> StatsRow {
         StatsRow {
-            step: 10,
-            tokens: 1000,
             flops: Some(1e9),
-            wall_s: 1.0,
-            split,
             loss: Some(loss),
             accuracy: Some(0.1),
-            lr: None,
-            grad_norm: None,
-            tokens_per_s: None,
-            metric: None,
-            value: None,
-            stage: None,
+            ..StatsRow::at(10, 1000, 1.0, split)
         }
     }
 

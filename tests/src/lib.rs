@@ -148,6 +148,17 @@ pub fn run_folders(folder: &Path) -> Vec<RunDir> {
     out
 }
 
+/// The one folder under `dir/runs` whose name starts with `prefix` (a sweep's, a study's).
+pub fn only_folder(dir: &Path, prefix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+        .collect();
+    assert_eq!(found.len(), 1, "one folder starting {prefix:?}: {found:?}");
+    found[0].clone()
+}
+
 /// Overrides that make a model small enough for quick tests (the data pipeline stays real).
 pub const SMALL_MODEL: &[&str] =
     &["n_layer=1", "n_embd=64", "n_head=2", "context_length=32", "eval_windows=16"];

@@ -123,20 +123,17 @@ fn fixture(dir: &Path) -> Vec<PathBuf> {
 
 /// A train row and a val row at `step`, as a training run writes them.
 fn rows(step: u64) -> Vec<reports::StatsRow> {
-    let row = |split, loss: f64| reports::StatsRow {
-        step,
-        tokens: step * 256,
-        flops: Some(step as f64 * 1e8),
-        wall_s: step as f64 * 0.1,
-        split,
-        loss: Some(loss),
-        accuracy: Some(0.1),
-        lr: (split == reports::Split::Train).then_some(1e-3),
-        grad_norm: (split == reports::Split::Train).then_some(1.0),
-        tokens_per_s: (split == reports::Split::Train).then_some(2560.0),
-        metric: None,
-        value: None,
-        stage: None,
+    let row = |split, loss: f64| {
+        let train = split == reports::Split::Train;
+        reports::StatsRow {
+            flops: Some(step as f64 * 1e8),
+            loss: Some(loss),
+            accuracy: Some(0.1),
+            lr: train.then_some(1e-3),
+            grad_norm: train.then_some(1.0),
+            tokens_per_s: train.then_some(2560.0),
+            ..reports::StatsRow::at(step, step * 256, step as f64 * 0.1, split)
+        }
     };
     vec![
         row(reports::Split::Train, 8.0 - step as f64 * 0.01),

@@ -2,26 +2,16 @@
 //! reports best against best on test; `lmhost ladder` trains four sizes and fits a law per arm;
 //! `lmhost compare` on either folder writes the same report again; both emit Slurm arrays.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use lmhost_tests::{built, run_folders, SMALL_MODEL};
+use lmhost_tests::{built, only_folder, run_folders, SMALL_MODEL};
 use serde_json::Value;
 
 fn report_json(dir: &Path, stdout: &str) -> Value {
     let report = stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect("a report line");
     let path = dir.join(report).with_file_name("report.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn study_folder(dir: &Path, prefix: &str) -> PathBuf {
-    let found: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .collect();
-    assert_eq!(found.len(), 1, "{found:?}");
-    found[0].clone()
 }
 
 #[test]
@@ -71,7 +61,7 @@ fn a_tune_picks_each_arms_lr_on_val_and_reports_best_against_best_on_test() {
             .unwrap();
     assert!((summaries[1]["val_loss_mean"].as_f64().unwrap() - picked_test).abs() < 1e-9);
     assert!(summaries[1]["p_value"].is_number(), "paired across two seeds: {}", summaries[1]);
-    let folder = study_folder(dir.path(), "tune-value_norm-lr-");
+    let folder = only_folder(dir.path(), "tune-value_norm-lr-");
     assert_eq!(run_folders(&folder).len(), 12, "3 lrs × 2 seeds × 2 arms");
     assert!(out.contains("tune: baseline: best lr=") && out.contains("final test loss"), "{out}");
 
@@ -152,7 +142,7 @@ fn a_ladder_fits_a_law_per_arm_and_reports_the_compute_multiplier() {
     assert_eq!(multipliers.len(), 5, "each size and the extrapolation");
     assert_eq!(multipliers.iter().filter(|m| m["extrapolation"] == true).count(), 1);
     assert!(multipliers.iter().all(|m| m["multiplier"].as_f64().is_some_and(|x| x > 0.0)), "{multipliers:?}");
-    let folder = study_folder(dir.path(), "ladder-unified_embeddings-");
+    let folder = only_folder(dir.path(), "ladder-unified_embeddings-");
     assert_eq!(run_folders(&folder).len(), 16, "4 sizes × 2 seeds × 2 arms");
     let compared = built().lmhost(dir.path(), &["compare", folder.to_str().unwrap(), "--out", "again"]);
     assert!(compared.success(), "{}", compared.stderr());

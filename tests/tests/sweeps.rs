@@ -15,10 +15,7 @@ fn sweep_args<'a>(plugin: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn sweep_folder(dir: &Path) -> PathBuf {
-    let found: Vec<PathBuf> =
-        std::fs::read_dir(dir.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(found.len(), 1, "one folder per sweep: {found:?}");
-    found[0].clone()
+    lmhost_tests::only_folder(dir, "")
 }
 
 #[test]
