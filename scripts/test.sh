@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tests, set up on a fresh machine: finds (or installs) what the end-to-end tests use beside
-# Rust — headless Chromium and its chromedriver, and pyarrow, pandas, polars and DuckDB in a private folder — then runs
+# Rust — headless Chromium and its chromedriver, OpenBLAS and BLIS, and pyarrow, pandas, polars and DuckDB in a private folder — then runs
 # `cargo test --release --workspace` with them. CI runs exactly this (.ci/run).
 #
 #   scripts/test.sh                  # the whole suite
@@ -47,6 +47,20 @@ if [ -z "$chromedriver" ]; then
 fi
 export LMHOST_CHROMEDRIVER=$chromedriver
 
+# A BLAS for the CPU's matrix products (lmhost loads one at run time where installed, and uses
+# the gemm crate where not): installed here when apt can, so the suite tests that path, and the
+# kernels' tests run once more on gemm below.
+if ! ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    echo "test: installing OpenBLAS and BLIS (apt-get install libopenblas0-pthread libblis4-serial)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas0-pthread libblis4-serial >/dev/null
+  else
+    echo "test: no OpenBLAS here and no apt-get to install it: the suite tests the gemm path only" >&2
+  fi
+fi
+
 # Python readers of the stats, installed privately so that nothing system-wide changes.
 py=target/test-python
 if ! PYTHONPATH=$py python3 -c "import pyarrow, pandas, polars, duckdb" 2>/dev/null; then
@@ -55,4 +69,8 @@ if ! PYTHONPATH=$py python3 -c "import pyarrow, pandas, polars, duckdb" 2>/dev/n
 fi
 export PYTHONPATH=$PWD/$py${PYTHONPATH:+:$PYTHONPATH}
 
-exec cargo test --release --workspace "$@"
+cargo test --release --workspace "$@"
+if [ $# -eq 0 ]; then
+  # The kernels and products again on the gemm crate (the run above used the BLAS where found).
+  LMHOST_BLAS=gemm cargo test --release --workspace --lib kernels
+fi

@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// backward, and the optimiser step (clipping included).
     #[arg(long)]
     phases: bool,
+    /// Instead of training, time each matrix product a training step runs (at this preset's
+    /// shapes, one shard's rows) with every backend found (gemm, OpenBLAS, BLIS), one thread
+    /// and two at once as the shards run them, in GFLOP/s.
+    #[arg(long)]
+    products: bool,
     /// The device's dense peak in TFLOP/s for the precision trained, to print the model FLOPs
     /// utilisation (H100/H200: 989 bf16, 495 tf32, 67 f32).
     #[arg(long)]
@@ -67,7 +72,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     let mut model = Model::new(model, &plugin.description.api_version);
     let counts = model.param_counts();
     println!(
-        "bench: {} preset:{} params:{} precision:{} batch:{}x{} threads:{} shards:{} steps:{} (+{} warmup)",
+        "bench: {} preset:{} params:{} precision:{} batch:{}x{} threads:{} shards:{} matmul:{} steps:{} (+{} warmup)",
         plugin.description.name,
         args.preset,
         counts.train,
@@ -76,9 +81,22 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         config.context_length,
         candle_threads(),
         lmhost_kit::shards::count(),
+        lmhost_kit::kernels::matmul_backend(),
         args.steps,
         args.warmup
     );
+    if args.products {
+        let key = |k: &str| arm.model.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+        let shapes = StepShapes {
+            rows: config.micro_batch_size * config.context_length / lmhost_kit::shards::count(),
+            width: key("n_embd"),
+            heads: key("n_head").max(1),
+            context: config.context_length,
+            vocab: spec.vocab_size as usize,
+        };
+        products(&shapes);
+        return Ok(true);
+    }
     let fail = |call: &str, e: plugin_api::PluginError| anyhow::anyhow!("{call}: {e}");
     let mut rates = Vec::new();
     for step in 1..=args.warmup + args.steps {
@@ -117,6 +135,143 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         );
     }
     Ok(true)
+}
+
+/// The matrix shapes of one shard's training step.
+struct StepShapes {
+    rows: usize,
+    width: usize,
+    heads: usize,
+    context: usize,
+    vocab: usize,
+}
+
+/// A product as `sgemm` takes it: (m, n, k) and the operands' (row, column) strides.
+struct Product {
+    name: String,
+    shape: (usize, usize, usize),
+    lhs: (usize, usize),
+    rhs: (usize, usize),
+}
+
+impl StepShapes {
+    /// Every dense layer's three products (forward x·Wᵀ, dx = dy·W, dW = dyᵀ·x, in the layouts
+    /// the kit passes them) and attention's per-head products, without the causal skipping.
+    fn products(&self) -> Vec<Product> {
+        let (r, c) = (self.rows, self.width);
+        let dense = |name: &str, i: usize, o: usize| {
+            [
+                Product {
+                    name: format!("{name} x·Wᵀ  ({r}×{i}·{i}×{o})"),
+                    shape: (r, o, i),
+                    lhs: (i, 1),
+                    rhs: (1, i),
+                },
+                Product {
+                    name: format!("{name} dy·W  ({r}×{o}·{o}×{i})"),
+                    shape: (r, i, o),
+                    lhs: (o, 1),
+                    rhs: (i, 1),
+                },
+                Product {
+                    name: format!("{name} dyᵀ·x ({o}×{r}·{r}×{i})"),
+                    shape: (o, i, r),
+                    lhs: (1, o),
+                    rhs: (i, 1),
+                },
+            ]
+        };
+        let (t, d) = (self.context, c / self.heads);
+        let mut all: Vec<Product> = [
+            dense("qkv", c, 3 * c),
+            dense("proj", c, c),
+            dense("fc", c, 4 * c),
+            dense("fc2", 4 * c, c),
+            dense("head", c, self.vocab),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        all.push(Product {
+            name: format!("attn q·kᵀ  ({t}×{d}·{d}×{t})"),
+            shape: (t, t, d),
+            lhs: (3 * c, 1),
+            rhs: (1, 3 * c),
+        });
+        all.push(Product {
+            name: format!("attn P·v   ({t}×{t}·{t}×{d})"),
+            shape: (t, d, t),
+            lhs: (t, 1),
+            rhs: (3 * c, 1),
+        });
+        all
+    }
+}
+
+/// Times every product of a step with every backend found: GFLOP/s, median of 15 (one
+/// thread) and the sum over two threads each running the product at once.
+fn products(shapes: &StepShapes) {
+    use lmhost_kit::candle::lmhost::matmul;
+    let backends = matmul::found();
+    for (i, backend) in backends.iter().enumerate() {
+        println!("backend {i}: {}", backend.name);
+    }
+    print!("{:<36}", "product (GFLOP/s: 1 thread | 2 at once)");
+    (0..backends.len()).for_each(|i| print!(" {:>15}", format!("backend {i}")));
+    println!();
+    for product in shapes.products() {
+        print!("{:<36}", product.name);
+        for backend in &backends {
+            let one = time_product(backend, &product, 1);
+            let two = time_product(backend, &product, 2);
+            print!(" {:>15}", format!("{one:.0} | {two:.0}"));
+        }
+        println!();
+    }
+}
+
+/// GFLOP/s of `threads` threads each running the product on its own operands, median of 15.
+fn time_product(backend: &lmhost_kit::candle::lmhost::matmul::Backend, p: &Product, threads: usize) -> f64 {
+    let (m, n, k) = p.shape;
+    // Operands as large as their strides reach (attention reads q, k and v out of a wider qkv).
+    let extent =
+        |(rows, cols): (usize, usize), (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs + 1;
+    let (lhs_len, rhs_len) = (extent((m, k), p.lhs), extent((k, n), p.rhs));
+    let run = || {
+        let lhs: Vec<f32> = (0..lhs_len).map(|i| (i % 7) as f32 * 0.1).collect();
+        let rhs: Vec<f32> = (0..rhs_len).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut dst = vec![0f32; m * n];
+        let mut seconds = Vec::new();
+        for rep in 0..16 {
+            let t0 = Instant::now();
+            // Safety: the buffers hold every element the shapes and strides reach.
+            unsafe {
+                lmhost_kit::candle::lmhost::matmul::sgemm_on(
+                    backend,
+                    p.shape,
+                    dst.as_mut_ptr(),
+                    (n, 1),
+                    false,
+                    lhs.as_ptr(),
+                    p.lhs,
+                    rhs.as_ptr(),
+                    p.rhs,
+                    1,
+                )
+            };
+            if rep > 0 {
+                seconds.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        seconds
+    };
+    let mut seconds: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds.get(seconds.len() / 2).copied().unwrap_or(f64::NAN);
+    threads as f64 * 2.0 * (m * n * k) as f64 / median / 1e9
 }
 
 fn candle_threads() -> usize {

@@ -272,8 +272,13 @@ pub fn main() -> ExitCode {
         .init();
 
     let features = workspace::built_features();
+    if let Some(e) = lmhost_kit::kernels::matmul_backend_error() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let matmul = lmhost_kit::kernels::matmul_backend();
     let version = format!(
-        "{} (features: {})",
+        "{} (features: {}; matrix products: {matmul})",
         env!("CARGO_PKG_VERSION"),
         if features.is_empty() { "none".to_owned() } else { features.join(", ") }
     );

@@ -82,8 +82,8 @@ fn resume_step(dir: &Path, from_step: Option<u64>) -> Result<u64> {
     Ok(step)
 }
 
-/// A run continues only under the environment overrides it trained under (they change its
-/// numbers: `LMHOST_PLAIN_KERNELS`, `LMHOST_SHARDS`).
+/// A run continues only under the numerics it trained under: the environment overrides
+/// (`LMHOST_PLAIN_KERNELS`, `LMHOST_SHARDS`) and the matrix-product backend change its numbers.
 fn check_numerics(dir: &Path, record: &RunRecord) -> Result<()> {
     let now = lmhost_kit::kernels::numerics_env();
     if now != record.host.numerics_env {
@@ -99,6 +99,15 @@ fn check_numerics(dir: &Path, record: &RunRecord) -> Result<()> {
             dir.display(),
             show(&record.host.numerics_env),
             show(&now)
+        );
+    }
+    let matmul = lmhost_kit::kernels::matmul_backend();
+    if matmul != record.host.matmul {
+        bail!(
+            "{} trained with the matrix products of {:?}, and this process has {matmul:?}: continue it with the same ({} chooses; they round differently)",
+            dir.display(),
+            record.host.matmul,
+            lmhost_kit::candle::lmhost::matmul::BLAS_ENV
         );
     }
     Ok(())

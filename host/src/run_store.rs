@@ -77,6 +77,15 @@ pub struct HostRecord {
     /// `LMHOST_SHARDS`), where set; part of the fingerprint.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub numerics_env: BTreeMap<String, String>,
+    /// What the f32 matrix products were computed with (`gemm`, or the BLAS's own description):
+    /// another library rounds differently, so it is part of the fingerprint.
+    #[serde(default = "gemm")]
+    pub matmul: String,
+}
+
+/// Runs recorded before the backend was: gemm was the only one.
+fn gemm() -> String {
+    "gemm".into()
 }
 
 impl HostRecord {
@@ -91,6 +100,7 @@ impl HostRecord {
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             command: std::env::args().collect(),
             numerics_env: lmhost_kit::kernels::numerics_env(),
+            matmul: lmhost_kit::kernels::matmul_backend().into(),
         }
     }
 }
@@ -207,6 +217,7 @@ impl RunRecord {
             "data": [&self.data.manifest.tokenizer_fingerprint, &self.data.manifest.val_fingerprint, self.data.manifest.train_tokens],
             "host": [&self.host.version, &self.host.binary_sha256],
             "numerics_env": &self.host.numerics_env,
+            "matmul": &self.host.matmul,
             "plan": self.plan.as_ref().map(|p| (&p.plan, &p.stages)),
         });
         hex(&Sha256::digest(identity.to_string()))

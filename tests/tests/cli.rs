@@ -39,9 +39,14 @@ fn run_help_lists_the_config_keys_and_presets() {
     ] {
         assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
     }
-    // The build's features, which a crate folder given to `run` is built with too.
+    // The build's features, which a crate folder given to `run` is built with too, and what
+    // the matrix products run on.
     let version = built().lmhost(dir.path(), &["--version"]).stdout();
-    assert_eq!(version.trim(), "lmhost 0.1.0 (features: none)");
+    let version = version.trim();
+    assert!(
+        version.starts_with("lmhost 0.1.0 (features: none; matrix products: ") && version.ends_with(')'),
+        "{version}"
+    );
 }
 
 #[test]

@@ -105,6 +105,28 @@ fn a_resume_under_other_numerics_settings_is_refused() {
 }
 
 #[test]
+fn a_run_records_its_matrix_products_and_resumes_only_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = finished(dir.path(), &[]);
+    let before = run_json(&run.path);
+    let record: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let matmul = record["host"]["matmul"].as_str().expect("host.matmul").to_owned();
+    let version = built().lmhost(dir.path(), &["--version"]);
+    assert!(version.stdout().contains(&format!("matrix products: {matmul})")), "{}", version.stdout());
+    // The other backend: gemm where a BLAS trained the run, a BLAS (perhaps not installed:
+    // then refused for that) where gemm did.
+    let other = if matmul == "gemm" { "openblas" } else { "gemm" };
+    let ran = built().lmhost_with_env(
+        dir.path(),
+        &["resume", run.path.to_str().unwrap(), "steps=9"],
+        &[("LMHOST_BLAS", other)],
+    );
+    assert!(!ran.success());
+    assert!(ran.error_lines()[0].contains("LMHOST_BLAS"), "{:?}", ran.error_lines());
+    assert_eq!(run_json(&run.path), before);
+}
+
+#[test]
 fn a_live_run_is_locked_and_a_killed_runs_lock_is_stale() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["run", "baseline", "steps=3000", "checkpoint_every=20", "log_every=10"];

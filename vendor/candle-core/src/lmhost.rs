@@ -7,6 +7,9 @@
 //!   parameter with a handful of ops over the whole buffer instead of a dozen ops per parameter.
 //! - [`flops`]: the floating-point operations of the matrix products a thread issued, so a model
 //!   can count what one forward pass costs from the products it actually runs.
+//! - [`matmul`]: the f32 matrix product, from a BLAS loaded at run time or from gemm.
+
+pub mod matmul;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

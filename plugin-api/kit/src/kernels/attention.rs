@@ -5,7 +5,7 @@
 //! experiment changed them (rotated, normed, ...), each any view whose last dimension is
 //! contiguous (the heads split out of a projection are such views, no copy made). The plain path
 //! splits heads (three copies), transposes k, and merges heads (another copy); here every matrix
-//! product is one `gemm` call on strided views, one (batch, head) pair per task, and the attention
+//! product is one matrix-product call on strided views, one (batch, head) pair per task, and the attention
 //! weights are kept from the forward for the backward.
 //!
 //! Backward (P the weights, dY the output gradient, per head): dV = Pᵀ dY, dP = dY Vᵀ,
@@ -18,7 +18,6 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::fastmath::{self, dot, exp, simd_fn, sum_map};
@@ -184,26 +183,16 @@ unsafe fn matmul(
     rhs: *const f32,
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
+    candle_core::lmhost::matmul::sgemm(
+        (m, n, k),
         dst,
-        dst_cs as isize,
-        dst_rs as isize,
+        (dst_rs, dst_cs),
         false,
         lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
+        (lhs_rs, lhs_cs),
         rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
+        (rhs_rs, rhs_cs),
+        1,
     )
 }
 

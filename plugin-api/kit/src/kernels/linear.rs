@@ -1,10 +1,9 @@
-//! A dense layer `y = x Wᵀ + b` as one op: the bias is the gemm's starting value, so there is
+//! A dense layer `y = x Wᵀ + b` as one op: the bias is the product's starting value, so there is
 //! no separate bias pass, and the backward computes dW = dyᵀ x directly in W's (out, in) layout.
 //! Written with candle ops, the layer's backward ends in a transpose whose gradient is a strided
 //! view copied into place, and a broadcast add with its own backward.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bias::column_sum;
@@ -60,7 +59,7 @@ fn forward(
             b.map(<[f32]>::len)
         );
     }
-    // Written whole: by the bias rows, by gemm (which overwrites when there is no bias), or
+    // Written whole: by the bias rows, by the product (which overwrites when there is no bias), or
     // with zeros for an empty product.
     let mut y = output_buffer(n * m);
     if let Some(b) = b {
@@ -70,31 +69,19 @@ fn forward(
         y.fill(0.0);
     }
     if k > 0 {
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
         // Safety: y is (n × m) row-major, x (n × k) row-major, and Wᵀ (k × m) is W (m × k)
         // read with row stride 1 and column stride k; all three are the slices above.
         unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
+            candle_core::lmhost::matmul::sgemm(
+                (n, m, k),
                 y.as_mut_ptr(),
-                1,
-                m as isize,
+                (m, 1),
                 b.is_some(),
                 x.as_ptr(),
-                1,
-                k as isize,
+                (k, 1),
                 w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
+                (1, k),
+                candle_core::utils::get_num_threads(),
             );
         }
     }

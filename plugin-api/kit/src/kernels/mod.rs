@@ -20,6 +20,8 @@ pub mod fastmath;
 mod gelu;
 mod layer_norm;
 mod linear;
+#[cfg(test)]
+mod products;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -65,6 +67,18 @@ pub fn numerics_env() -> std::collections::BTreeMap<String, String> {
         .into_iter()
         .filter_map(|key| std::env::var(key).ok().map(|value| (key.to_owned(), value)))
         .collect()
+}
+
+/// What this process's f32 matrix products are computed with (`gemm`, or the BLAS loaded):
+/// recorded with a run and part of its fingerprint. gemm when the backend `LMHOST_BLAS` asked
+/// for cannot be loaded, as the products then use it ([`matmul_backend_error`] says why).
+pub fn matmul_backend() -> &'static str {
+    candle_core::lmhost::matmul::backend().map_or("gemm", |b| &b.name)
+}
+
+/// Why the backend `LMHOST_BLAS` asked for cannot be used, if it cannot.
+pub fn matmul_backend_error() -> Option<&'static str> {
+    candle_core::lmhost::matmul::backend().err()
 }
 
 /// A kernel's output buffer, left uninitialised: zeroing outputs that the kernel then overwrites

@@ -1508,6 +1508,29 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
+        // lmhost's patch: f32 products go to lmhost's backend (a BLAS when one is loaded).
+        if T::DTYPE == DType::F32 {
+            for step in 0..b {
+                let lhs_p = lhs[step * a_skip..].as_ptr() as *const f32;
+                let rhs_p = rhs[step * b_skip..].as_ptr() as *const f32;
+                let dst_p = dst[step * c_skip..].as_mut_ptr() as *mut f32;
+                // Safety: the same matrices gemm is given below, T being f32.
+                unsafe {
+                    crate::lmhost::matmul::sgemm(
+                        (m, n, k),
+                        dst_p,
+                        (dst_rs, dst_cs),
+                        false,
+                        lhs_p,
+                        (lhs_rs, lhs_cs),
+                        rhs_p,
+                        (rhs_rs, rhs_cs),
+                        num_threads,
+                    )
+                }
+            }
+            return Ok(dst);
+        }
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
