@@ -1,8 +1,8 @@
 //! lmhost's patch: the CPU's f32 matrix product, from a BLAS loaded at run time when one is
-//! present (OpenBLAS or BLIS, single-threaded), else from the `gemm` crate.
+//! present (OpenBLAS or BLIS, run on one thread), else from the `gemm` crate.
 //!
-//! Measured on an AVX2-only AMD EPYC, a mature BLAS runs a training step's products 25–35 %
-//! faster than `gemm` 0.19 (bench/NOTES.md). It is loaded with `dlopen`, not linked, so a build
+//! On an AVX2-only AMD EPYC the mature BLAS libraries ran a step's products up to a third faster
+//! than `gemm` 0.19, and OpenBLAS made the tiny step ≈ 15 % faster, paired (bench/NOTES.md). It is loaded with `dlopen`, not linked, so a build
 //! needs no BLAS and a machine without one trains as before. Which one is used is
 //! [`backend`]'s `name`: the host records it with every run and counts it in the fingerprint,
 //! since another library rounds differently.
@@ -14,8 +14,8 @@
 //! products, and a BLAS thread pool would fight them. It is still OpenBLAS's threaded build,
 //! set to one thread: the shards call it at once, and the single-threaded build (Debian's
 //! `openblas-serial`) has no locks, so concurrent calls race — measured: a trainer test's losses
-//! differed between identical runs in 3 of 12 — and it is refused. A product with more threads available
-//! (outside a shard) is split into row blocks run in parallel. Row blocks are fixed in size,
+//! differed between identical runs in 3 of 12 — and it is refused. A product with more
+//! threads available (outside a shard) is split into row blocks run in parallel. Row blocks are fixed in size,
 //! whatever the thread count, so a result never depends on how many threads computed it.
 
 use std::borrow::Cow;
