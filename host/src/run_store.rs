@@ -85,7 +85,7 @@ pub struct HostRecord {
 
 /// Runs recorded before the backend was: gemm was the only one.
 fn gemm() -> String {
-    "gemm".into()
+    lmhost_kit::candle::lmhost::matmul::Backend::GEMM.name.into_owned()
 }
 
 impl HostRecord {

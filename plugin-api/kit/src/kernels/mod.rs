@@ -73,7 +73,11 @@ pub fn numerics_env() -> std::collections::BTreeMap<String, String> {
 /// recorded with a run and part of its fingerprint. gemm when the backend `LMHOST_BLAS` asked
 /// for cannot be loaded, as the products then use it ([`matmul_backend_error`] says why).
 pub fn matmul_backend() -> &'static str {
-    candle_core::lmhost::matmul::backend().map_or("gemm", |b| &b.name)
+    use candle_core::lmhost::matmul::{backend, Backend};
+    match backend() {
+        Ok(b) => &b.name,
+        Err(_) => &Backend::GEMM.name,
+    }
 }
 
 /// Why the backend `LMHOST_BLAS` asked for cannot be used, if it cannot.
