@@ -215,7 +215,6 @@ impl CommonArgs {
             runs_root: self.runs_dir.clone(),
             cache_dir: self.cache_dir(),
             retrain_baseline: self.retrain_baseline,
-            since: crate::run_store::timestamp(),
             no_baseline: false,
             reuse_finished: false,
             resume_interrupted: false,

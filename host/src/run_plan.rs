@@ -28,9 +28,8 @@ pub struct RunPlan {
     pub runs_root: PathBuf,
     pub cache_dir: PathBuf,
     /// Train the baseline even when a finished run with the same config exists (one trained
-    /// since `since`, by the same command, still serves).
+    /// by the same command still serves).
     pub retrain_baseline: bool,
-    pub since: String,
     /// Train only the experiment.
     pub no_baseline: bool,
     /// Skip every arm (not only the baseline) whose finished twin exists: how a sweep started
@@ -197,11 +196,11 @@ pub fn decide(
             let twins = store.twins(&record.fingerprint);
             let finished = twins.iter().rev().find(|(_, r)| r.status == Status::Finished).cloned();
             // --retrain-baseline: only a baseline this same command trained serves.
-            let reusable = |r: &RunRecord| match baseline && plan.retrain_baseline {
-                true => r.created_at >= plan.since,
+            let reusable = |dir: &std::path::Path| match baseline && plan.retrain_baseline {
+                true => RunStore::created_by_this_command(dir),
                 false => plan.reuse_finished || baseline,
             };
-            if let Some((dir, record)) = finished.filter(|(_, r)| reusable(r)) {
+            if let Some((dir, record)) = finished.filter(|(dir, _)| reusable(dir)) {
                 return Ok(Decision::Reuse { dir, record });
             }
             let interrupted = twins.into_iter().rev().find(|(_, r)| r.status == Status::Interrupted);

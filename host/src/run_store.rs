@@ -247,12 +247,21 @@ impl RunStore {
             let id = if n == 1 { base.clone() } else { format!("{base}-{n}") };
             let dir = self.root.join(&id);
             match fs::create_dir(&dir) {
-                Ok(()) => return Ok((id, dir)),
+                Ok(()) => {
+                    created_here().lock().unwrap_or_else(|e| e.into_inner()).push(canonical(&dir));
+                    return Ok((id, dir));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
             }
         }
         unreachable!()
+    }
+
+    /// Whether this process created the run folder `dir` (what `--retrain-baseline` lets serve:
+    /// a baseline the same command trained, however quickly).
+    pub fn created_by_this_command(dir: &Path) -> bool {
+        created_here().lock().unwrap_or_else(|e| e.into_inner()).contains(&canonical(dir))
     }
 
     /// Every run folder (one with a `run.json`) in this folder and in the sweep and study folders
@@ -375,6 +384,16 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn timestamp() -> String {
     let (y, mo, d, h, mi, s) = utc_now();
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// The run folders this process created.
+fn created_here() -> &'static std::sync::Mutex<Vec<PathBuf>> {
+    static CREATED: std::sync::OnceLock<std::sync::Mutex<Vec<PathBuf>>> = std::sync::OnceLock::new();
+    CREATED.get_or_init(Default::default)
+}
+
+fn canonical(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_owned())
 }
 
 /// UTC time for folder names, e.g. `20261122-093000`.

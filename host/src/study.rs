@@ -274,10 +274,9 @@ pub fn tune(args: &TuneArgs) -> Result<bool> {
     if args.study.emit.is_some() {
         return args.study.emit(&sweep, &args.study.again("tune", &args.plugin, &args.overrides));
     }
-    let since = crate::run_store::timestamp();
     let mut round = 0;
     loop {
-        let Some(trained) = sweep.train(&grid.points(&values)?, args.study.dry_run, &since)? else {
+        let Some(trained) = sweep.train(&grid.points(&values)?, args.study.dry_run)? else {
             return Ok(false);
         };
         if args.study.dry_run {
@@ -453,8 +452,7 @@ pub fn ladder(args: &LadderArgs) -> Result<bool> {
     if args.study.emit.is_some() {
         return args.study.emit(&sweep, &args.study.again("ladder", &args.plugin, words));
     }
-    let since = crate::run_store::timestamp();
-    let Some(trained) = sweep.train(&sweep.points, args.study.dry_run, &since)? else { return Ok(false) };
+    let Some(trained) = sweep.train(&sweep.points, args.study.dry_run)? else { return Ok(false) };
     if args.study.dry_run {
         return Ok(true);
     }

@@ -140,7 +140,7 @@ impl Sweep {
         Request::new(&self.preset, self.device.as_deref(), point)
     }
 
-    fn plan(&self, point: &[String], dry_run: bool, since: &str) -> Result<RunPlan> {
+    fn plan(&self, point: &[String], dry_run: bool) -> Result<RunPlan> {
         Ok(RunPlan {
             source: self.source.clone(),
             request: self.request(point)?,
@@ -148,7 +148,6 @@ impl Sweep {
             runs_root: self.runs_root.clone(),
             cache_dir: self.cache_dir.clone(),
             retrain_baseline: self.retrain_baseline,
-            since: since.to_owned(),
             no_baseline: self.no_baseline,
             reuse_finished: true,
             resume_interrupted: false,
@@ -162,8 +161,7 @@ impl Sweep {
     /// writes one report over all and prints its comparison. A dry run lists the runs and
     /// whether each is finished.
     pub fn run(&self, dry_run: bool) -> Result<bool> {
-        let since = crate::run_store::timestamp();
-        let Some(trained) = self.train(&self.points, dry_run, &since)? else { return Ok(false) };
+        let Some(trained) = self.train(&self.points, dry_run)? else { return Ok(false) };
         if !dry_run {
             println!("\nsweep:{} the comparison of its groups, across their seeds:", self.name());
             crate::report_cmd::print_comparison(&trained.dirs);
@@ -174,13 +172,8 @@ impl Sweep {
 
     /// Trains `points` in turn (finished ones are skipped, interrupted ones resumed); `None`
     /// when interrupted. The run folders come back in order, each once. With
-    /// `--retrain-baseline`, a baseline trained since `since` (by this command) still serves.
-    pub fn train(
-        &self,
-        points: &[Vec<String>],
-        dry_run: bool,
-        since: &str,
-    ) -> Result<Option<orchestrate::Trained>> {
+    /// `--retrain-baseline`, a baseline this command trained still serves.
+    pub fn train(&self, points: &[Vec<String>], dry_run: bool) -> Result<Option<orchestrate::Trained>> {
         let n = points.len();
         println!("sweep:{} runs:{n} folder:{}", self.name(), self.runs_dir().display());
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -191,7 +184,7 @@ impl Sweep {
                 return Ok(None);
             }
             println!("sweep:{}/{n} {}", i + 1, point.join(" "));
-            let trained = orchestrate::train(&self.plan(point, dry_run, since)?)
+            let trained = orchestrate::train(&self.plan(point, dry_run)?)
                 .with_context(|| format!("sweep run {} ({})", i + 1, point.join(" ")))?;
             all_ok &= trained.all_ok;
             for dir in trained.dirs {

@@ -198,3 +198,18 @@ fn an_unknown_or_missing_backend_is_refused_by_name() {
     let missing = choose("/nonexistent/libblas.so").err().expect("refused");
     assert!(missing.contains("/nonexistent/libblas.so"), "{missing}");
 }
+
+#[test]
+fn auto_keeps_gemm_where_the_cpu_has_avx512_and_else_takes_the_first_blas_found() {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512cd")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx512vl");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    let first_blas = backends().into_iter().nth(1).map_or(Backend::GEMM.name, |b| b.name);
+    let expected = if avx512 { Backend::GEMM.name } else { first_blas };
+    assert_eq!(choose("auto").expect("auto always chooses").name, expected);
+}

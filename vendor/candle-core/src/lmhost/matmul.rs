@@ -2,13 +2,15 @@
 //! present (OpenBLAS or BLIS, run on one thread), else from the `gemm` crate.
 //!
 //! On an AVX2-only AMD EPYC the mature BLAS libraries ran a step's products up to a third faster
-//! than `gemm` 0.19, and OpenBLAS made the tiny step ≈ 15 % faster, paired (bench/NOTES.md). It is loaded with `dlopen`, not linked, so a build
-//! needs no BLAS and a machine without one trains as before. Which one is used is
+//! than `gemm` 0.19, and OpenBLAS made the tiny step ≈ 15 % faster, paired; with AVX-512 gemm
+//! is the faster (bench/NOTES.md). A BLAS is loaded with `dlopen`, not linked, so a build needs
+//! no BLAS and a machine without one trains as before. Which one is used is
 //! [`backend`]'s `name`: the host records it with every run and counts it in the fingerprint,
 //! since another library rounds differently.
 //!
-//! `LMHOST_BLAS` chooses: `auto` (the default: the first of OpenBLAS and BLIS found, else
-//! gemm), `gemm`, `openblas`, `blis`, or the path of a library with `cblas_sgemm`.
+//! `LMHOST_BLAS` chooses: `auto` (the default: gemm where the CPU has AVX-512, for which gemm
+//! has kernels and Debian's OpenBLAS 0.3.21 may not; elsewhere the first of OpenBLAS and BLIS
+//! found, else gemm), `gemm`, `openblas`, `blis`, or the path of a library with `cblas_sgemm`.
 //!
 //! The BLAS runs one thread: the kit's data-parallel shards already give each core its own
 //! products, and a BLAS thread pool would fight them. It is still OpenBLAS's threaded build,
@@ -83,6 +85,7 @@ pub fn found() -> Vec<Backend> {
 pub fn choose(request: &str) -> Result<Backend, String> {
     let gemm = || Backend::GEMM;
     match request {
+        "" | "auto" if gemm_has_avx512() => Ok(gemm()),
         "" | "auto" => Ok(KNOWN.iter().find_map(|(_, paths)| paths.iter().find_map(|p| load(p).ok())).unwrap_or_else(gemm)),
         "gemm" => Ok(gemm()),
         name => match KNOWN.iter().find(|(known, _)| *known == name) {
@@ -104,8 +107,25 @@ pub fn choose(request: &str) -> Result<Backend, String> {
     }
 }
 
-/// The libraries `auto` tries, in order, each by the names it goes by: Debian's builds first,
-/// then whichever the system links by default.
+/// Whether gemm runs its AVX-512 kernels here (x86-64-v4, as its `x86-v4` feature asks). Then
+/// `auto` keeps gemm: on an AVX-512 EPYC (Zen 5) it ran a tiny step's products at 1.0–2.2×
+/// the speed of OpenBLAS 0.3.21, which does not know that CPU and runs its Haswell kernels, and
+/// the whole step 1.5× faster; on a Xeon with AVX-512 it matched MKL (bench/NOTES.md).
+fn gemm_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512cd")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The libraries `auto` tries where gemm has no AVX-512 kernels, in order, each by the names it
+/// goes by: Debian's builds first, then whichever the system links by default.
 const KNOWN: [(&str, &[&str]); 2] = [
     (
         "openblas",
