@@ -50,7 +50,8 @@ export LMHOST_CHROMEDRIVER=$chromedriver
 # A BLAS for the CPU's matrix products (lmhost loads one at run time where installed, and uses
 # the gemm crate where not): installed here when apt can, so the suite tests that path, and the
 # kernels' and trainer's tests run once more on each backend below.
-if ! ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then
+has_openblas() { ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; }
+if ! has_openblas; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
     echo "test: installing OpenBLAS and BLIS (apt-get install libopenblas0-pthread libblis4-serial)" >&2
@@ -73,10 +74,10 @@ cargo test --release --workspace "$@"
 if [ $# -eq 0 ]; then
   # The kernels, the products and the trainer again on each backend by name: the run above used
   # the one `auto` picks for this CPU (gemm where it has AVX-512, else the BLAS where found).
-  for backend in gemm openblas; do
-    if [ "$backend" = gemm ] || ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then
-      echo "test: the kit's kernels and trainer with LMHOST_BLAS=$backend" >&2
-      LMHOST_BLAS=$backend cargo test --release -p lmhost-kit --lib -- kernels trainer
-    fi
+  backends=gemm
+  if has_openblas; then backends="gemm openblas"; fi
+  for backend in $backends; do
+    echo "test: the kit's kernels and trainer with LMHOST_BLAS=$backend" >&2
+    LMHOST_BLAS=$backend cargo test --release -p lmhost-kit --lib -- kernels trainer
   done
 fi

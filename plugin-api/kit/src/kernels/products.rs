@@ -2,7 +2,7 @@
 //! machine has computes, in every layout the kernels and candle's matmul pass, what a plain
 //! f64 triple loop does, and the same numbers whatever the thread count.
 
-use candle_core::lmhost::matmul::{choose, found as backends, sgemm_on, Backend, ROW_BLOCK};
+use candle_core::lmhost::matmul::{choose, found as backends, gemm_has_avx512, sgemm_on, Backend, ROW_BLOCK};
 
 use super::testing::values;
 
@@ -201,15 +201,7 @@ fn an_unknown_or_missing_backend_is_refused_by_name() {
 
 #[test]
 fn auto_keeps_gemm_where_the_cpu_has_avx512_and_else_takes_the_first_blas_found() {
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512cd")
-        && is_x86_feature_detected!("avx512dq")
-        && is_x86_feature_detected!("avx512vl");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx512 = false;
     let first_blas = backends().into_iter().nth(1).map_or(Backend::GEMM.name, |b| b.name);
-    let expected = if avx512 { Backend::GEMM.name } else { first_blas };
+    let expected = if gemm_has_avx512() { Backend::GEMM.name } else { first_blas };
     assert_eq!(choose("auto").expect("auto always chooses").name, expected);
 }

@@ -111,7 +111,7 @@ pub fn choose(request: &str) -> Result<Backend, String> {
 /// `auto` keeps gemm: on an AVX-512 EPYC (Zen 5) it ran a tiny step's products at 1.0–2.2×
 /// the speed of OpenBLAS 0.3.21, which does not know that CPU and runs its Haswell kernels, and
 /// the whole step 1.5× faster; on a Xeon with AVX-512 it matched MKL (bench/NOTES.md).
-fn gemm_has_avx512() -> bool {
+pub fn gemm_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
