@@ -150,7 +150,9 @@ impl Sweep {
             retrain_baseline: self.retrain_baseline,
             no_baseline: self.no_baseline,
             reuse_finished: true,
-            resume_interrupted: false,
+            // Started again after a Ctrl-C or a time limit, a sweep (a tune, a ladder) carries on
+            // from its interrupted run's last checkpoint instead of training it anew.
+            resume_interrupted: true,
             dry_run,
             sweep: true,
             report: false,

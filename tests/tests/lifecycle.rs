@@ -1,13 +1,14 @@
 //! A run's lifecycle under the things that go wrong: a resume that cannot work leaves the run
 //! as it was, a live run cannot be written by a second process (and a killed one's lock is
-//! stale), SIGTERM stops a run as Ctrl-C does, a second interrupt still records the stop, a full
-//! disk leaves no partial checkpoint and a record of the failure.
+//! stale), SIGTERM stops a run as Ctrl-C does, a second interrupt still records the stop, a sweep
+//! started again resumes its interrupted run, a full disk leaves no partial checkpoint and a
+//! record of the failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lmhost_tests::{built, runs, RunDir, SMALL_MODEL};
+use lmhost_tests::{built, run_folders, runs, RunDir, SMALL_MODEL};
 
 fn run_json(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("run.json")).unwrap()
@@ -37,10 +38,15 @@ fn spawn(dir: &Path, args: &[&str]) -> Child {
 /// Waits until a run under `dir/runs` is training (its worker holds the lock and it has logged
 /// `rows` stats rows); returns the run folder and the worker's pid.
 fn wait_training(dir: &Path, rows: usize) -> (PathBuf, i32) {
+    wait_training_in(&dir.join("runs"), rows)
+}
+
+/// [`wait_training`] for the runs directly under `folder` (a sweep's, say).
+fn wait_training_in(folder: &Path, rows: usize) -> (PathBuf, i32) {
     let start = Instant::now();
     loop {
         assert!(start.elapsed() < Duration::from_secs(120), "the run never started training");
-        if let Some(run) = runs(dir).into_iter().next() {
+        if let Some(run) = run_folders(folder).into_iter().next() {
             let pid = std::fs::read_to_string(run.path.join("lock")).unwrap_or_default();
             let logged =
                 reports::read_stats(&run.path.join("stats.arrows")).map(|s| s.rows.len()).unwrap_or(0);
@@ -193,6 +199,40 @@ fn a_second_interrupt_stops_at_once_and_still_marks_the_run() {
     child.wait().unwrap();
     let record: serde_json::Value = serde_json::from_str(&run_json(&run)).unwrap();
     assert_eq!(record["status"], "interrupted", "not left `running`: {record}");
+}
+
+#[test]
+fn a_sweep_started_again_resumes_its_interrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", "baseline", "seeds=2", "steps=1500", "log_every=10"];
+    args.extend(SMALL_MODEL);
+    let mut child = spawn(dir.path(), &args);
+    let start = Instant::now();
+    let sweep = loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "the sweep never started");
+        let found = std::fs::read_dir(dir.path().join("runs")).ok().and_then(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("sweep-"))
+        });
+        if let Some(sweep) = found {
+            break sweep;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (first, _) = wait_training_in(&sweep, 5);
+    // Ctrl-C to the sweep: its run checkpoints and stops, the sweep stops too.
+    signal(child.id() as i32, "INT");
+    assert!(!child.wait().unwrap().success());
+    let again = built().lmhost(dir.path(), &args);
+    assert!(again.success(), "{}", again.stderr());
+    let id = first.file_name().unwrap().to_string_lossy().into_owned();
+    let resuming = again.stdout().lines().any(|l| l.contains("resuming the interrupted") && l.ends_with(&id));
+    assert!(resuming, "{}", again.stdout());
+    let folders = run_folders(&sweep);
+    assert_eq!(folders.len(), 2, "one folder per seed, the interrupted one continued");
+    assert!(folders.iter().all(|r| r.record["status"] == "finished"), "both finished");
+    let resumed = folders.iter().find(|r| r.path == first).expect("the interrupted run");
+    assert_eq!(resumed.record["resumes"].as_array().map(Vec::len), Some(1), "{}", resumed.record);
 }
 
 #[test]

@@ -51,17 +51,20 @@ fn a_sweep_started_again_trains_only_what_did_not_finish() {
     let mut dry = args.clone();
     dry.push("--dry-run");
     let listed = built().lmhost(dir.path(), &dry).stdout();
-    assert_eq!(listed.matches("(to train)").count(), 2, "{listed}");
+    assert_eq!(listed.matches("(to train)").count(), 1, "{listed}");
+    assert_eq!(listed.matches("(interrupted, would resume: ").count(), 1, "{listed}");
     assert_eq!(listed.matches("(finished: ").count(), 6, "{listed}");
     assert_eq!(run_folders(&folder).len(), 7, "a dry run writes nothing");
 
+    // The missing run is trained anew, the interrupted one resumed in its own folder.
     let again = built().lmhost(dir.path(), &args);
     assert!(again.success(), "{}", again.stderr());
     let out = again.stdout();
     assert_eq!(out.matches(" reusing ").count(), 6, "{out}");
-    assert_eq!(out.matches("arm:value_norm run:").count(), 2, "{out}");
+    assert_eq!(out.matches("arm:value_norm run:").count(), 1, "{out}");
+    assert_eq!(out.matches("arm:value_norm resuming the interrupted ").count(), 1, "{out}");
     let after = run_folders(&folder);
-    assert_eq!(after.len(), 9);
+    assert_eq!(after.len(), 8);
     assert_eq!(after.iter().filter(|r| r.status() == "finished").count(), 8);
 }
 
