@@ -20,3 +20,7 @@ common=(test_fraction=0.1 eval_every=100)
 # 2. Both arms at the picked lr, 5M tokens, three seeds (a different pick per arm would be two
 #    runs: `lmhost run baseline lr=A …` and `lmhost run "$plugin" --no-baseline lr=B …`).
 "$lmhost" run "$plugin" lr=1e-3 steps=4883 seeds=3 "${common[@]}" --skip-finished --runs-dir "$runs/final"
+
+# 3. The comparison on the test split (the six runs of the final; an interrupted attempt's
+#    folders, if any, left out).
+"$lmhost" compare $(grep -l '"status": *"finished"' "$runs"/final/sweep-value_norm-*/*/run.json | xargs -n1 dirname) --split test --out "$runs/value_norm-report" --overwrite
