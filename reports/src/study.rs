@@ -105,15 +105,19 @@ pub fn write_study_report(dir: &Path, out: &Path, observing: &[String]) -> Resul
     crate::report::write_page(&page, out)
 }
 
-/// The one experiment arm's label among `runs` (`None`: the baseline alone); two different
-/// experiments in one study are refused.
+/// The one experiment arm's label among `runs` (`None`: the baseline alone): `plugin/variant`
+/// when its runs share a variant, so that two studies of one plugin's variants say which they
+/// are; two different experiments in one study are refused.
 pub(crate) fn experiment_label(runs: &[Run]) -> Result<Option<String>, ReportError> {
-    let mut names: Vec<String> =
-        runs.iter().filter(|r| r.arm != "baseline").map(|r| r.plugin.clone()).collect();
+    let experiment: Vec<&Run> = runs.iter().filter(|r| r.arm != "baseline").collect();
+    let mut names: Vec<String> = experiment.iter().map(|r| r.plugin.clone()).collect();
     names.sort();
     names.dedup();
+    let one_variant = experiment.windows(2).all(|w| w[0].variant == w[1].variant);
     match names.len() {
-        0 | 1 => Ok(names.pop()),
+        0 => Ok(None),
+        1 if one_variant => Ok(Some(experiment[0].name())),
+        1 => Ok(names.pop()),
         _ => Err(ReportError::Usage(format!(
             "a study compares one experiment with the baseline; these runs hold {}",
             names.join(", ")

@@ -443,4 +443,24 @@ mod tests {
         assert_eq!(page.figures[0].1.series.len(), 2);
         assert!(page.figures[0].1.log_x);
     }
+
+    #[test]
+    fn a_tune_of_one_variant_names_it_and_one_of_several_names_the_plugin() {
+        let with_variant = |variant_of: fn(f64) -> &'static str| -> Vec<Run> {
+            synthetic()
+                .into_iter()
+                .map(|mut r| {
+                    if r.arm != "baseline" {
+                        r.variant = Some(variant_of(r.config["lr"].as_f64().unwrap()).into());
+                    }
+                    r
+                })
+                .collect()
+        };
+        let one = Tune::new(with_variant(|_| "small"), "lr", &[]).unwrap();
+        assert_eq!(one.arms[1].label, "idea/small");
+        let mixed =
+            Tune::new(with_variant(|lr| if lr < 2e-3 { "small" } else { "large" }), "lr", &[]).unwrap();
+        assert_eq!(mixed.arms[1].label, "idea");
+    }
 }

@@ -30,7 +30,7 @@ fn a_tune_picks_each_arms_lr_on_val_and_reports_best_against_best_on_test() {
     let arms = numbers["arms"].as_array().unwrap();
     assert_eq!(
         arms.iter().map(|a| a["label"].as_str().unwrap()).collect::<Vec<_>>(),
-        ["baseline", "value_norm"]
+        ["baseline", "value_norm/normv1_0"]
     );
     for arm in arms {
         // The pick is the grid point with the lowest mean validation loss, whatever the test says.
