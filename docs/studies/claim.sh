@@ -35,8 +35,7 @@ echo "claim: baseline lr=$baseline_lr, $name lr=$experiment_lr" >&2
 baseline_runs=$("$lmhost" run baseline lr="$baseline_lr" "${final[@]}" | tee >(cat >&2) | folder_of 'sweep:.* folder:')
 experiment_runs=$("$lmhost" run "$plugin" "$@" lr="$experiment_lr" --no-baseline "${final[@]}" | tee >(cat >&2) | folder_of 'sweep:.* folder:')
 
-# 3. The comparison on the test split, of the finished runs (an interrupted attempt's folder, if
-#    one was left, is not among them).
+# 3. The comparison on the test split, of the finished runs (a run still interrupted is left out).
 finished=$(grep -l '"status": *"finished"' "$baseline_runs"/*/run.json "$experiment_runs"/*/run.json | xargs -n1 dirname)
 # shellcheck disable=SC2086 # one run folder per word
 "$lmhost" compare $finished --split test --out "$(dirname "$runs")/reports/$name-final" --overwrite
