@@ -9,38 +9,26 @@
 # Run again, it trains only what is missing (same binary and plugin library).
 #
 #   bash docs/studies/sas_p.sh        # after cargo build --release --workspace
-# Environment: LMHOST, PLUGINS, RUNS (default studies), STEPS, SEEDS (default 3), as claim.sh.
+# Environment: lib.sh's (LMHOST, PLUGINS, RUNS), STEPS, SEEDS (default 3).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-lmhost=${LMHOST:-$root/target/release/lmhost}
-plugin=${PLUGINS:-$root/plugins}/simplified_blocks.so
-runs=${RUNS:-studies}
-reports=$(dirname "$runs")/reports
-common=(test_fraction=0.1 eval_every=100)
+source "$(dirname "$0")/lib.sh"
+plugin=$plugins/simplified_blocks.so
 final=(steps="${STEPS:-1953}" seeds="${SEEDS:-3}" "${common[@]}" --no-baseline --skip-finished --runs-dir "$runs/final")
 pre_ln=(variant=pre-ln)
 sas_p=(variant=skipless-parallel norm=none)
 
-folder_of() { sed -n "s/^$1//p" | tail -n1; }
-# The lr a tune's report picked for the plugin's arm.
-pick() { python3 -c 'import json, sys; print(next(a["picked"] for a in json.load(open(sys.argv[1]))["arms"] if not a["is_baseline"]))' "$(dirname "$1")/report.json"; }
-
-# 1. The tunes.
-pre_ln_tune=$("$lmhost" tune "$plugin" "${pre_ln[@]}" seeds=1 steps=489 "${common[@]}" --runs-dir "$runs" | tee >(cat >&2) | folder_of 'report: ')
-sas_p_tune=$("$lmhost" tune "$plugin" "${sas_p[@]}" seeds=1 steps=489 "${common[@]}" --runs-dir "$runs" | tee >(cat >&2) | folder_of 'report: ')
-pre_ln_lr=$(pick "$pre_ln_tune")
-sas_p_lr=$(pick "$sas_p_tune")
+# 1. The tunes; the plugin's arm's pick is the second.
+read -r _ pre_ln_lr <<<"$(picks "$("$lmhost" tune "$plugin" "${pre_ln[@]}" "${tune_budget[@]}" | printed 'report: ')")"
+read -r _ sas_p_lr <<<"$(picks "$("$lmhost" tune "$plugin" "${sas_p[@]}" "${tune_budget[@]}" | printed 'report: ')")"
 echo "claim: pre-ln lr=$pre_ln_lr, sas-p lr=$sas_p_lr" >&2
 
 # 2. The final.
-pre_ln_runs=$("$lmhost" run "$plugin" "${pre_ln[@]}" lr="$pre_ln_lr" "${final[@]}" | tee >(cat >&2) | folder_of 'sweep:.* folder:')
-sas_p_runs=$("$lmhost" run "$plugin" "${sas_p[@]}" lr="$sas_p_lr" "${final[@]}" | tee >(cat >&2) | folder_of 'sweep:.* folder:')
+pre_ln_runs=$("$lmhost" run "$plugin" "${pre_ln[@]}" lr="$pre_ln_lr" "${final[@]}" | printed 'sweep:.* folder:')
+sas_p_runs=$("$lmhost" run "$plugin" "${sas_p[@]}" lr="$sas_p_lr" "${final[@]}" | printed 'sweep:.* folder:')
 
 # 3. Against Pre-LN, per token and per second.
-pre_ln_finished=$(grep -l '"status": *"finished"' "$pre_ln_runs"/*/run.json | xargs -n1 dirname)
-sas_p_finished=$(grep -l '"status": *"finished"' "$sas_p_runs"/*/run.json | xargs -n1 dirname)
-against=$(echo "$pre_ln_finished" | head -n1)
+against=$(finished "$pre_ln_runs" | sed -n 1p) # (head would stop the pipe early)
 for x in tokens time; do
-  # shellcheck disable=SC2086 # one run folder per word
-  "$lmhost" compare $pre_ln_finished $sas_p_finished --baseline "$against" --split test --x "$x" --out "$reports/sas_p-final-$x" --overwrite
+  # shellcheck disable=SC2046 # one run folder per word
+  "$lmhost" compare $(finished "$pre_ln_runs" "$sas_p_runs") --baseline "$against" --split test --x "$x" --out "$reports/sas_p-final-$x" --overwrite
 done
