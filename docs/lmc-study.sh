@@ -2,7 +2,8 @@
 # The lmc-transformers study at CPU scale: one parent run, pairs of children branched from it at
 # several steps (differing only in data order), each pair interpolated, and one report with the
 # barrier of every pair. Usage: docs/lmc-study.sh [OUT_DIR] [STEPS] [BRANCH_STEPS...]
-# Host keys for the parent (and so its children) in LMC_KEYS, e.g. LMC_KEYS="lr=3e-3 seed=7".
+# Host keys for the parent (and so its children) in LMC_KEYS, e.g. LMC_KEYS="lr=3e-3 seed=7";
+# POINTS α per path (default 30, lmc-transformers' count).
 set -euo pipefail
 out=${1:-lmc-study}
 steps=${2:-300}
@@ -21,7 +22,7 @@ for k in "${at[@]}"; do
   before=$(ls -d runs/*/ | sort)
   "$lmhost" branch "$parent" --at "$k" --children 2
   children=($(comm -13 <(echo "$before") <(ls -d runs/*/ | sort)))
-  "$lmhost" interpolate "${children[0]%/}" "${children[1]%/}" --points 11 --out "lmc-at-$k" | grep barrier
+  "$lmhost" interpolate "${children[0]%/}" "${children[1]%/}" --points "${POINTS:-30}" --out "lmc-at-$k" | grep barrier
   tables+=("lmc-at-$k")
 done
 "$lmhost" compare "$parent" runs/*/ "${tables[@]}" --out report --overwrite

@@ -26,3 +26,8 @@ finished() {
   local sweep
   for sweep in "$@"; do grep -l '"status": *"finished"' "$sweep"/*/run.json; done | xargs -n1 dirname
 }
+
+# The run folders lmhost printed (trained, resumed, or a finished twin reused), one per line.
+run_folders() {
+  tee >(cat >&2) | sed -n -E 's/^arm:[^ ]+ (run:|reusing |resuming the interrupted )([^ ]+).*/\2/p' | sort -u
+}

@@ -134,7 +134,7 @@ pub fn print_summary(c: &reports::Comparison) {
             "{:<28} {:>3} {:>18} {:>10} {:>20} {:>7}  {}",
             s.label,
             s.n,
-            format!("{:.4} ± {:.4}", s.val_loss_mean, s.val_loss_std),
+            format!("{:.4} ± {:.4}", s.loss_mean, s.loss_std),
             s.difference.map(|d| format!("{d:+.4}")).unwrap_or_default(),
             s.ci95.map(|(a, b)| format!("[{a:+.3}, {b:+.3}]")).unwrap_or_default(),
             s.p_value.map(|p| format!("{p:.3}")).unwrap_or_default(),

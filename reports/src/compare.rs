@@ -262,13 +262,13 @@ pub struct GroupCurve {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub label: String,
-    /// The split the `val_*` numbers are of: `val`, or `test` under `--split test`.
+    /// The split the loss and accuracy are of: `val`, or `test` under `--split test`.
     pub split: &'static str,
     pub n: usize,
     pub seeds: Vec<u64>,
-    pub val_loss_mean: f64,
-    pub val_loss_std: f64,
-    pub val_accuracy_mean: f64,
+    pub loss_mean: f64,
+    pub loss_std: f64,
+    pub accuracy_mean: f64,
     pub is_baseline: bool,
     /// `paired` (seeds match) or `welch`.
     pub test: Option<&'static str>,
@@ -447,9 +447,9 @@ impl Comparison {
                     split: split.as_str(),
                     n: losses.len(),
                     seeds: g.seeds(),
-                    val_loss_mean: statistics::mean(&losses),
-                    val_loss_std: statistics::std(&losses),
-                    val_accuracy_mean: statistics::mean(&accuracies),
+                    loss_mean: statistics::mean(&losses),
+                    loss_std: statistics::std(&losses),
+                    accuracy_mean: statistics::mean(&accuracies),
                     is_baseline,
                     test: None,
                     difference: None,

@@ -419,7 +419,7 @@ mod tests {
         let summaries = tune.best.summaries();
         let idea_summary = summaries.iter().find(|s| !s.is_baseline).unwrap();
         assert_eq!(idea_summary.split, "test");
-        assert!((idea_summary.val_loss_mean - 2.83).abs() < 1e-9, "{idea_summary:?}");
+        assert!((idea_summary.loss_mean - 2.83).abs() < 1e-9, "{idea_summary:?}");
         assert!((idea_summary.difference.unwrap() - (2.83 - 2.915)).abs() < 1e-9);
         assert_eq!(idea_summary.test, Some("paired"));
     }

@@ -116,12 +116,12 @@ fn the_report_numbers_match_the_arrow_data() {
 
     let base = group(&report, "baseline");
     assert_eq!(base["n"], 2);
-    close(&base["val_loss_mean"], mean(&b));
-    close(&base["val_loss_std"], std(&b));
+    close(&base["loss_mean"], mean(&b));
+    close(&base["loss_std"], std(&b));
     let exp = group(&report, "value_norm/normv1_0");
     assert_eq!(exp["n"], 2);
-    close(&exp["val_loss_mean"], mean(&e));
-    close(&exp["val_loss_std"], std(&e));
+    close(&exp["loss_mean"], mean(&e));
+    close(&exp["loss_std"], std(&e));
     close(&exp["difference"], mean(&e) - mean(&b));
     // Seeds match between the arms: a paired t-test on the two per-seed differences, whose t has
     // one degree of freedom, a Cauchy distribution: p = 1 − 2·atan(|t|)/π, and the 95 % interval

@@ -193,11 +193,8 @@ async fn the_dashboard_lists_groups_compares_and_follows_a_run_in_a_real_browser
     assert_eq!(page_rows.len(), summaries.len());
     for (row, s) in page_rows.iter().zip(summaries) {
         assert_eq!(row[0], s["label"]);
-        let loss = format!(
-            "{:.4} ± {:.4}",
-            s["val_loss_mean"].as_f64().unwrap(),
-            s["val_loss_std"].as_f64().unwrap()
-        );
+        let loss =
+            format!("{:.4} ± {:.4}", s["loss_mean"].as_f64().unwrap(), s["loss_std"].as_f64().unwrap());
         assert_eq!(row[3].as_str().unwrap(), loss, "{row}");
         if let Some(p) = s["p_value"].as_f64() {
             assert_eq!(row[7].as_str().unwrap(), format!("{p:.3}"), "{row}");

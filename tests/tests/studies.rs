@@ -59,7 +59,7 @@ fn a_tune_picks_each_arms_lr_on_val_and_reports_best_against_best_on_test() {
             ["test_loss_mean"]
             .as_f64()
             .unwrap();
-    assert!((summaries[1]["val_loss_mean"].as_f64().unwrap() - picked_test).abs() < 1e-9);
+    assert!((summaries[1]["loss_mean"].as_f64().unwrap() - picked_test).abs() < 1e-9);
     assert!(summaries[1]["p_value"].is_number(), "paired across two seeds: {}", summaries[1]);
     let folder = only_folder(dir.path(), "tune-value_norm-lr-");
     assert_eq!(run_folders(&folder).len(), 12, "3 lrs × 2 seeds × 2 arms");
