@@ -4,28 +4,37 @@
 # (1e-3), tiny preset, 489 steps (0.5M tokens); from each, two children branched at steps
 # 0, 25, 50, 100 and 200 that differ only in data order, trained to step 489; each pair
 # interpolated at 30 α on the validation windows (docs/lmc-study.sh, once per parent, in
-# RUNS/lmc-seed-N, its report in RUNS/lmc-seed-N/report). Then one table: the barrier at each
-# branch step, per parent and mean ± std.
+# RUNS/lmc-seed-N, its report in RUNS/lmc-seed-N/report). Then one table from the three reports:
+# the barrier and the rise above the line at each branch step, per parent and their mean.
+# Run again, a parent whose report exists is not trained again.
 #
 #   bash docs/studies/lmc.sh        # after cargo build --release --workspace
 # Environment: lib.sh's (LMHOST, RUNS).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-at=(0 25 50 100 200)
 lmhost=$(realpath "$lmhost")
 for seed in 1 2 3; do
-  mkdir -p "$runs/lmc-seed-$seed"
-  LMHOST=$lmhost LMC_KEYS="seed=$seed" POINTS=30 bash "$root/docs/lmc-study.sh" "$runs/lmc-seed-$seed" 489 "${at[@]}" |
-    tee >(cat >&2) | sed -n 's/^barrier:val \([^ ]*\).*/\1/p' >"$runs/lmc-seed-$seed/barriers"
+  if [ ! -f "$runs/lmc-seed-$seed/report/report.md" ]; then
+    LMHOST=$lmhost LMC_KEYS="seed=$seed" POINTS=30 bash "$root/docs/lmc-study.sh" "$runs/lmc-seed-$seed" 489 0 25 50 100 200
+  fi
 done
 
-python3 - "$runs" "${at[@]}" <<'PY'
+# Each report's table: | A ↔ B | branched at step | split | loss at A | loss at B | highest | barrier | above the line |
+python3 - "$runs" <<'PY'
 import statistics, sys
-runs, at = sys.argv[1], sys.argv[2:]
-barriers = [[float(x) for x in open(f"{runs}/lmc-seed-{s}/barriers").read().split()] for s in (1, 2, 3)]
-print("| branched at step | parent seed 1 | seed 2 | seed 3 | mean ± std |")
+rows = {}
+for seed in (1, 2, 3):
+    report = open(f"{sys.argv[1]}/lmc-seed-{seed}/report/report.md").read()
+    table = report.split("## Linear mode connectivity", 1)[1].split("\n## ", 1)[0]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[1].isdigit():
+            rows.setdefault(int(cells[1]), []).append((float(cells[6]), float(cells[7])))
+print("| branched at step | barrier, parents 1 / 2 / 3 | mean ± std | above the line, parents 1 / 2 / 3 | mean |")
 print("| --- | --- | --- | --- | --- |")
-for i, step in enumerate(at):
-    column = [b[i] for b in barriers]
-    print(f"| {step} | " + " | ".join(f"{x:.4f}" for x in column) + f" | {statistics.mean(column):.4f} ± {statistics.stdev(column):.4f} |")
+for step, pairs in sorted(rows.items()):
+    barriers, above = [p[0] for p in pairs], [p[1] for p in pairs]
+    print(f"| {step} | " + " / ".join(f"{x:.4f}" for x in barriers)
+          + f" | {statistics.mean(barriers):.4f} ± {statistics.stdev(barriers):.4f} | "
+          + " / ".join(f"{x:.4f}" for x in above) + f" | {statistics.mean(above):.4f} |")
 PY
