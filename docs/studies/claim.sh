@@ -24,9 +24,9 @@ read -r baseline_lr experiment_lr <<<"$(picks "$tune_report")"
 echo "claim: baseline lr=$baseline_lr, $name lr=$experiment_lr" >&2
 
 # 2. The final: each arm at its own pick.
-baseline_runs=$("$lmhost" run baseline lr="$baseline_lr" "${final[@]}" | printed 'sweep:.* folder:')
-experiment_runs=$("$lmhost" run "$plugin" "$@" lr="$experiment_lr" --no-baseline "${final[@]}" | printed 'sweep:.* folder:')
+baseline_runs=$("$lmhost" run baseline lr="$baseline_lr" "${final[@]}" | run_folders)
+experiment_runs=$("$lmhost" run "$plugin" "$@" lr="$experiment_lr" --no-baseline "${final[@]}" | run_folders)
 
 # 3. The comparison on the test split.
-# shellcheck disable=SC2046 # one run folder per word
-"$lmhost" compare $(finished "$baseline_runs" "$experiment_runs") --split test --out "$reports/$name-final" --overwrite
+# shellcheck disable=SC2086 # one run folder per word
+"$lmhost" compare $baseline_runs $experiment_runs --split test --out "$reports/$name-final" --overwrite

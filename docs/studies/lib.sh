@@ -1,4 +1,4 @@
-# Shared by the study scripts (claim.sh, sas_p.sh): where things are, the protocol's fixed keys,
+# Shared by the study scripts: where things are, the protocol's fixed keys,
 # and reading what lmhost printed or wrote. Sourced, not run.
 # Environment: LMHOST (the binary), PLUGINS (the folder of NAME.so), RUNS (default: studies).
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,12 +19,6 @@ printed() { tee >(cat >&2) | sed -n "s/^$1//p" | tail -n1; }
 # printed 'report: '` gives the report's page.
 picks() {
   python3 -c 'import json, sys; print(" ".join(str(a["picked"]) for a in sorted(json.load(open(sys.argv[1]))["arms"], key=lambda a: not a["is_baseline"])))' "$(dirname "$1")/report.json"
-}
-
-# The finished runs of sweep folders (a run still interrupted is left out), one per line.
-finished() {
-  local sweep
-  for sweep in "$@"; do grep -l '"status": *"finished"' "$sweep"/*/run.json; done | xargs -n1 dirname
 }
 
 # The run folders lmhost printed (trained, resumed, or a finished twin reused), one per line.

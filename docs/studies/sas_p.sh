@@ -23,12 +23,11 @@ read -r _ sas_p_lr <<<"$(picks "$("$lmhost" tune "$plugin" "${sas_p[@]}" "${tune
 echo "claim: pre-ln lr=$pre_ln_lr, sas-p lr=$sas_p_lr" >&2
 
 # 2. The final.
-pre_ln_runs=$("$lmhost" run "$plugin" "${pre_ln[@]}" lr="$pre_ln_lr" "${final[@]}" | printed 'sweep:.* folder:')
-sas_p_runs=$("$lmhost" run "$plugin" "${sas_p[@]}" lr="$sas_p_lr" "${final[@]}" | printed 'sweep:.* folder:')
+pre_ln_runs=$("$lmhost" run "$plugin" "${pre_ln[@]}" lr="$pre_ln_lr" "${final[@]}" | run_folders)
+sas_p_runs=$("$lmhost" run "$plugin" "${sas_p[@]}" lr="$sas_p_lr" "${final[@]}" | run_folders)
 
 # 3. Against Pre-LN, per token and per second.
-against=$(finished "$pre_ln_runs" | sed -n 1p) # (head would stop the pipe early)
 for x in tokens time; do
-  # shellcheck disable=SC2046 # one run folder per word
-  "$lmhost" compare $(finished "$pre_ln_runs" "$sas_p_runs") --baseline "$against" --split test --x "$x" --out "$reports/sas_p-final-$x" --overwrite
+  # shellcheck disable=SC2086 # one run folder per word
+  "$lmhost" compare $pre_ln_runs $sas_p_runs --baseline "$(sed -n 1p <<<"$pre_ln_runs")" --split test --x "$x" --out "$reports/sas_p-final-$x" --overwrite
 done
