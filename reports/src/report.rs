@@ -220,13 +220,15 @@ pub(crate) fn summary_table(summaries: &[Summary]) -> (Vec<&'static str>, Vec<Ve
     (header, rows)
 }
 
-/// Loss along every interpolation path, one line per table and split.
+/// Loss along every interpolation path, one line per table and split; a pair of children of one
+/// parent is named by the step they branched at first (what an LMC study varies).
 fn interpolation_figure(c: &Comparison) -> Figure {
     let mut series = Vec::new();
     for t in &c.interpolations {
+        let branched = t.branched_at.map(|k| format!("branched at step {k}: ")).unwrap_or_default();
         for split in t.splits() {
             series.push(Series {
-                label: format!("{} ({split})", t.label()),
+                label: format!("{branched}{} ({split})", t.label()),
                 color: PALETTE[series.len() % PALETTE.len()].into(),
                 line: t.losses(&split),
                 ..Default::default()

@@ -99,7 +99,8 @@ fn interpolating_two_children_measures_the_path_between_them() {
     assert!(barrier["barrier"].as_f64().unwrap() >= 0.0);
     assert!(barrier["above_line"].as_f64().unwrap() >= 0.0);
     assert_eq!(numbers["interpolations"][0]["branched_at"], 2, "both children of the parent at step 2");
-    assert!(dir.path().join("report/interpolation.svg").is_file());
+    let svg = std::fs::read_to_string(dir.path().join("report/interpolation.svg")).unwrap();
+    assert!(svg.contains("branched at step 2: "), "the path is named by its branch step");
     let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
     assert!(html.contains("linear mode connectivity: loss along"));
 
