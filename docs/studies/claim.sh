@@ -28,5 +28,4 @@ baseline_runs=$("$lmhost" run baseline lr="$baseline_lr" "${final[@]}" | run_fol
 experiment_runs=$("$lmhost" run "$plugin" "$@" lr="$experiment_lr" --no-baseline "${final[@]}" | run_folders)
 
 # 3. The comparison on the test split.
-# shellcheck disable=SC2086 # one run folder per word
-"$lmhost" compare $baseline_runs $experiment_runs --split test --out "$reports/$name-final" --overwrite
+compare_on_test "$name-final" "$baseline_runs" "$experiment_runs"

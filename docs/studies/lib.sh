@@ -25,3 +25,10 @@ picks() {
 run_folders() {
   tee >(cat >&2) | sed -n -E 's/^arm:[^ ]+ (run:|reusing |resuming the interrupted )([^ ]+).*/\2/p' | sort -u
 }
+
+# A study's comparison: `compare_on_test NAME REFERENCE_RUNS OTHER_RUNS [compare options…]`, on
+# the test split, against the reference's first run, into RUNS/../reports/NAME.
+compare_on_test() {
+  # shellcheck disable=SC2086 # one run folder per word
+  "$lmhost" compare $2 $3 --baseline "$(sed -n 1p <<<"$2")" --split test --out "$reports/$1" --overwrite "${@:4}"
+}

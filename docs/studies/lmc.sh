@@ -19,17 +19,14 @@ for seed in 1 2 3; do
   fi
 done
 
-# Each report's table: | A ↔ B | branched at step | split | loss at A | loss at B | highest | barrier | above the line |
+# Each report's paths (report.json: interpolations[].branched_at and .barriers.val).
 python3 - "$runs" <<'PY'
-import statistics, sys
+import json, statistics, sys
 rows = {}
 for seed in (1, 2, 3):
-    report = open(f"{sys.argv[1]}/lmc-seed-{seed}/report/report.md").read()
-    table = report.split("## Linear mode connectivity", 1)[1].split("\n## ", 1)[0]
-    for line in table.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 8 and cells[1].isdigit():
-            rows.setdefault(int(cells[1]), []).append((float(cells[6]), float(cells[7])))
+    for path in json.load(open(f"{sys.argv[1]}/lmc-seed-{seed}/report/report.json"))["interpolations"]:
+        val = path["barriers"]["val"]
+        rows.setdefault(path["branched_at"], []).append((val["barrier"], val["above_line"]))
 print("| branched at step | barrier, parents 1 / 2 / 3 | mean ± std | above the line, parents 1 / 2 / 3 | mean |")
 print("| --- | --- | --- | --- | --- |")
 for step, pairs in sorted(rows.items()):

@@ -28,7 +28,4 @@ adamw_runs=$("$lmhost" run baseline "${llama[@]}" lr="$adamw_lr" "${final[@]}" |
 muon_runs=$("$lmhost" run baseline "${llama[@]}" "${muon[@]}" muon_lr_scale="$muon_scale" "${final[@]}" | run_folders)
 
 # 4. Against AdamW, per token and per second.
-for x in tokens time; do
-  # shellcheck disable=SC2086 # one run folder per word
-  "$lmhost" compare $adamw_runs $muon_runs --baseline "$(sed -n 1p <<<"$adamw_runs")" --split test --x "$x" --out "$reports/muon-final-$x" --overwrite
-done
+for x in tokens time; do compare_on_test "muon-final-$x" "$adamw_runs" "$muon_runs" --x "$x"; done

@@ -28,8 +28,7 @@ for warmup in 0 51200 204800; do
   sp_runs=$("$lmhost" run baseline "${schedule[@]}" lr="$sp_lr" "${final[@]}" | run_folders)
   mup_runs=$("$lmhost" run "$plugin" variant=mup "${schedule[@]}" lr="$mup_lr" --no-baseline "${final[@]}" | run_folders)
   # 3. On the test split.
-  # shellcheck disable=SC2086 # one run folder per word
-  "$lmhost" compare $sp_runs $mup_runs --split test --out "$reports/mup-warmup-$warmup" --overwrite
+  compare_on_test "mup-warmup-$warmup" "$sp_runs" "$mup_runs"
 done
 
 # Each arm's test loss (mean ± std over seeds) at each warmup, and its spread across them.

@@ -27,7 +27,4 @@ pre_ln_runs=$("$lmhost" run "$plugin" "${pre_ln[@]}" lr="$pre_ln_lr" "${final[@]
 sas_p_runs=$("$lmhost" run "$plugin" "${sas_p[@]}" lr="$sas_p_lr" "${final[@]}" | run_folders)
 
 # 3. Against Pre-LN, per token and per second.
-for x in tokens time; do
-  # shellcheck disable=SC2086 # one run folder per word
-  "$lmhost" compare $pre_ln_runs $sas_p_runs --baseline "$(sed -n 1p <<<"$pre_ln_runs")" --split test --x "$x" --out "$reports/sas_p-final-$x" --overwrite
-done
+for x in tokens time; do compare_on_test "sas_p-final-$x" "$pre_ln_runs" "$sas_p_runs" --x "$x"; done

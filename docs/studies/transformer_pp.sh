@@ -24,5 +24,4 @@ gpt2_runs=$("$lmhost" run baseline lr="$gpt2_lr" "${final[@]}" | run_folders)
 llama_runs=$("$lmhost" run baseline --preset llama-tiny lr="$llama_lr" "${final[@]}" | run_folders)
 
 # 3. Against GPT-2, on the test split.
-# shellcheck disable=SC2086 # one run folder per word
-"$lmhost" compare $gpt2_runs $llama_runs --baseline "$(sed -n 1p <<<"$gpt2_runs")" --split test --out "$reports/transformer_pp-final" --overwrite
+compare_on_test transformer_pp-final "$gpt2_runs" "$llama_runs"
